@@ -1,0 +1,256 @@
+//! Command-line flags, each with an environment-variable equivalent, and their validation.
+
+use crate::error::{Error, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "etcd-bridge",
+    version,
+    about = "Projects an etcd gRPC service registry into Kubernetes Services and EndpointSlices."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch etcd and keep Services and EndpointSlices in the target namespace in step with it.
+    Run(RunArgs),
+    /// Print, from etcd alone and with no cluster, what `run` would write, and every key it would
+    /// skip with the reason.
+    Preview(PreviewArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the registry is and how it is read.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long = "etcd-endpoints",
+        env = "ETCD_BRIDGE_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Key prefixes to watch, comma-separated; each must end with `/` and none may contain another.
+    #[arg(
+        long = "prefix",
+        env = "ETCD_BRIDGE_PREFIXES",
+        value_delimiter = ',',
+        default_value = "/"
+    )]
+    pub prefixes: Vec<String>,
+    /// etcd username (with --etcd-password).
+    #[arg(long = "etcd-username", env = "ETCD_BRIDGE_ETCD_USERNAME")]
+    pub username: Option<String>,
+    /// etcd password.
+    #[arg(
+        long = "etcd-password",
+        env = "ETCD_BRIDGE_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// CA certificate (PEM) that signed etcd's serving certificate.
+    #[arg(long = "etcd-ca-file", env = "ETCD_BRIDGE_ETCD_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd client-certificate authentication.
+    #[arg(long = "etcd-cert-file", env = "ETCD_BRIDGE_ETCD_CERT_FILE")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Client key (PEM) for --etcd-cert-file.
+    #[arg(long = "etcd-key-file", env = "ETCD_BRIDGE_ETCD_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Timeout of one etcd request, and of connecting.
+    #[arg(long = "etcd-timeout", env = "ETCD_BRIDGE_ETCD_TIMEOUT", value_parser = humantime, default_value = "5s")]
+    pub timeout: Duration,
+}
+
+/// How registrations become objects.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionArgs {
+    /// Also project the `{name}` Service that holds every version (what a Resolver with an empty
+    /// version sees). `--aggregate=false` projects only `{name}-{version}`.
+    #[arg(long, env = "ETCD_BRIDGE_AGGREGATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub aggregate: bool,
+    /// Make Services headless (gRPC clients balance for themselves). `--headless=false` gives
+    /// them a ClusterIP.
+    #[arg(long, env = "ETCD_BRIDGE_HEADLESS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub headless: bool,
+    /// Most endpoints in one EndpointSlice (1 to 1000).
+    #[arg(long, env = "ETCD_BRIDGE_MAX_ENDPOINTS_PER_SLICE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_endpoints_per_slice: u16,
+    /// Namespace the Services and EndpointSlices are written to.
+    #[arg(long, env = "ETCD_BRIDGE_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Identity of this bridge, kept in a label on everything it writes, so that two bridges (two
+    /// registries) can share a namespace without touching each other's objects.
+    #[arg(long, env = "ETCD_BRIDGE_INSTANCE", default_value = "default")]
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+    /// kubeconfig file; without it, the in-cluster service account (or the default kubeconfig).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    #[arg(long, env = "ETCD_BRIDGE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Elect one writer among replicas with a coordination.k8s.io Lease. Without it, this process
+    /// writes as soon as it has synced: run only one.
+    #[arg(long, env = "ETCD_BRIDGE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease; defaults to `etcd-bridge-{instance}`.
+    #[arg(long, env = "ETCD_BRIDGE_LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// How long a leader holds the Lease without renewing it; a standby takes over after this.
+    #[arg(long, env = "ETCD_BRIDGE_LEASE_DURATION", value_parser = humantime, default_value = "15s")]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease; defaults to the pod name (POD_NAME) or host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long changes are gathered before they are written: a burst to one Service costs one
+    /// write per object, not one per change.
+    #[arg(long, env = "ETCD_BRIDGE_COALESCE", value_parser = humantime, default_value = "10ms")]
+    pub coalesce: Duration,
+    /// How often every Service is checked against the cluster, repairing drift (someone deleted a
+    /// slice by hand).
+    #[arg(long, env = "ETCD_BRIDGE_RESYNC_INTERVAL", value_parser = humantime, default_value = "5m")]
+    pub resync_interval: Duration,
+    /// Log format.
+    #[arg(
+        long,
+        env = "ETCD_BRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+    /// Print the objects as YAML-compatible JSON instead of a table.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: PreviewOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreviewOutput {
+    Table,
+    Json,
+}
+
+/// `10ms`, `5s`, `2m`, `1h`: the few duration forms the flags need.
+fn humantime(s: &str) -> std::result::Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; write e.g. 10ms, 5s, 2m or 1h"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}`; use ms, s, m or h")),
+    })
+}
+
+impl EtcdArgs {
+    /// Checks what clap cannot: prefix shape, and credentials that come in pairs.
+    pub fn validate(&self) -> Result<()> {
+        for p in &self.prefixes {
+            if !p.starts_with('/') || !p.ends_with('/') {
+                return Err(Error::Config(format!(
+                    "--prefix `{p}` must start and end with `/` (the seed's root is `/`)"
+                )));
+            }
+        }
+        for a in &self.prefixes {
+            for b in &self.prefixes {
+                if a != b && b.starts_with(a.as_str()) {
+                    return Err(Error::Config(format!(
+                        "--prefix `{a}` contains `{b}`: a key under `{b}` would be read twice, differently; watch only one of them"
+                    )));
+                }
+            }
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(Error::Config(
+                "--etcd-username and --etcd-password go together; give both or neither".into(),
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(Error::Config(
+                "--etcd-cert-file and --etcd-key-file go together; give both or neither".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ProjectionArgs {
+    pub fn projection_config(&self) -> crate::projection::ProjectionConfig {
+        crate::projection::ProjectionConfig {
+            namespace: self.namespace.clone(),
+            instance: self.instance.clone(),
+            headless: self.headless,
+            max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcd(prefixes: &[&str]) -> EtcdArgs {
+        let mut args = vec!["etcd-bridge", "run"];
+        for p in prefixes {
+            args.push("--prefix");
+            args.push(p);
+        }
+        match Cli::parse_from(args).command {
+            Command::Run(r) => r.etcd,
+            Command::Preview(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn prefixes_must_be_slash_delimited_and_disjoint() {
+        assert!(etcd(&["/"]).validate().is_ok());
+        assert!(etcd(&["/a/", "/b/"]).validate().is_ok());
+        let e = etcd(&["/", "/services/"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("contains"), "{e}");
+        assert!(etcd(&["services/"]).validate().is_err());
+        assert!(etcd(&["/services"]).validate().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(humantime("10ms").unwrap(), Duration::from_millis(10));
+        assert_eq!(humantime("2m").unwrap(), Duration::from_secs(120));
+        assert!(humantime("fast").is_err());
+        assert!(humantime("3d").is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! The etcd shell: connecting (TLS, auth, keepalive) and the list-then-watch loop.
+
+pub mod client;
+pub mod watcher;
+
+pub use client::connect;
+pub use watcher::{KvEvent, Update, watch_prefix};

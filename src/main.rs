@@ -1,0 +1,175 @@
+//! The `etcd-bridge` binary: `run` (the controller) and `preview` (what `run` would write).
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+use etcd_bridge::config::{Cli, Command, LogFormat, PreviewArgs, PreviewOutput, RunArgs};
+use etcd_bridge::http::{self, Health};
+use etcd_bridge::k8s::{ClusterView, Writer};
+use etcd_bridge::leader::Leadership;
+use etcd_bridge::metrics::Metrics;
+use etcd_bridge::preview;
+use etcd_bridge::reconciler::{self, Reconciler, Timing};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_tracing(args.log_format);
+            run(args).await
+        }
+        Command::Preview(args) => {
+            init_tracing(LogFormat::Text);
+            preview_cmd(args).await
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_lease_manager=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn kube_client(args: &RunArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("use kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes credentials: run in a pod with a ServiceAccount, or pass --kubeconfig",
+        )?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn identity(args: &RunArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .unwrap_or_else(|| "etcd-bridge".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.etcd.validate()?;
+    let client = kube_client(&args).await?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+
+    let server = tokio::spawn(http::serve(
+        args.listen,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let ns = &args.projection.namespace;
+    let (view, cluster_rx) = ClusterView::start(client.clone(), ns, &args.projection.instance);
+    let writer = Writer::new(client.clone(), view, metrics.clone());
+
+    let (tx, etcd_rx) = tokio::sync::mpsc::channel(1024);
+    for prefix in &args.etcd.prefixes {
+        tokio::spawn(etcd_bridge::etcd::watch_prefix(
+            args.etcd.clone(),
+            prefix.clone(),
+            tx.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(tx);
+
+    let leadership = if args.leader_election {
+        let name = args
+            .lease_name
+            .clone()
+            .unwrap_or_else(|| format!("etcd-bridge-{}", args.projection.instance));
+        let id = identity(&args);
+        // The apiserver may be down at start: keep trying rather than crash-loop.
+        let mut backoff =
+            etcd_bridge::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            match Leadership::elect(client.clone(), ns, &name, &id, args.lease_duration).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot join the leader election yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    } else {
+        Leadership::always()
+    };
+
+    let reconciler = Reconciler::new(
+        args.etcd.prefixes.clone(),
+        args.projection.aggregate,
+        args.projection.projection_config(),
+        Timing {
+            coalesce: args.coalesce,
+            resync: args.resync_interval,
+        },
+        metrics.clone(),
+        health.clone(),
+    );
+    reconciler::run(
+        reconciler,
+        writer,
+        etcd_rx,
+        cluster_rx,
+        leadership.is_leader.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    leadership.release().await;
+    shutdown.cancel();
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn preview_cmd(args: PreviewArgs) -> anyhow::Result<()> {
+    args.etcd.validate()?;
+    let report = preview::preview(&args.etcd, &args.projection).await?;
+    match args.output {
+        PreviewOutput::Table => print!("{}", report.table()),
+        PreviewOutput::Json => println!("{}", serde_json::to_string_pretty(&report.objects())?),
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Prometheus metrics, served as text on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `projected` or `skipped`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `apply` or `delete`.
+    pub verb: &'static str,
+    /// `Service` or `EndpointSlice`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Every metric of the bridge. Cheap to clone handles are shared by the tasks that update them.
+pub struct Metrics {
+    registry: Registry,
+    pub registrations: Family<StateLabels, Gauge>,
+    pub skipped: Family<ReasonLabels, Counter>,
+    pub services: Gauge,
+    pub slices: Gauge,
+    pub api_writes: Family<WriteLabels, Counter>,
+    pub api_errors: Family<WriteLabels, Counter>,
+    pub sync_latency: Histogram,
+    pub watch_restarts: Counter,
+    pub compaction_relists: Counter,
+    pub conflicts: Family<KindLabels, Counter>,
+    pub leader: Gauge,
+    pub etcd_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("etcd_bridge");
+        let m = Metrics {
+            registrations: Family::default(),
+            skipped: Family::default(),
+            services: Gauge::default(),
+            slices: Gauge::default(),
+            api_writes: Family::default(),
+            api_errors: Family::default(),
+            // 1 ms .. ~16 s.
+            sync_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            watch_restarts: Counter::default(),
+            compaction_relists: Counter::default(),
+            conflicts: Family::default(),
+            leader: Gauge::default(),
+            etcd_connected: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "registrations",
+            "Registrations in the etcd cache, by state",
+            m.registrations.clone(),
+        );
+        registry.register("skipped_registrations", "Registrations skipped as malformed or unprojectable, by reason (counted once per key version)", m.skipped.clone());
+        registry.register(
+            "services",
+            "Services the bridge manages",
+            m.services.clone(),
+        );
+        registry.register(
+            "endpointslices",
+            "EndpointSlices the bridge manages",
+            m.slices.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Kubernetes API writes, by verb and kind",
+            m.api_writes.clone(),
+        );
+        registry.register(
+            "api_write_errors",
+            "Kubernetes API writes that failed, by verb and kind",
+            m.api_errors.clone(),
+        );
+        registry.register(
+            "sync_latency_seconds",
+            "From an etcd event to its object applied in Kubernetes (initial sync excluded)",
+            m.sync_latency.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "etcd watch streams restarted after an error",
+            m.watch_restarts.clone(),
+        );
+        registry.register(
+            "compaction_relists",
+            "Full relists of a prefix because the watch revision was compacted",
+            m.compaction_relists.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Objects not written because one of the same name is not the bridge's",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the leader and writes",
+            m.leader.clone(),
+        );
+        registry.register(
+            "etcd_connected",
+            "1 while the etcd watch is established",
+            m.etcd_connected.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn write(&self, verb: &'static str, kind: &'static str) {
+        self.api_writes
+            .get_or_create(&WriteLabels { verb, kind })
+            .inc();
+    }
+
+    pub fn write_error(&self, verb: &'static str, kind: &'static str) {
+        self.api_errors
+            .get_or_create(&WriteLabels { verb, kind })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_counters_with_labels() {
+        let m = Metrics::default();
+        m.write("apply", "EndpointSlice");
+        m.skipped
+            .get_or_create(&ReasonLabels {
+                reason: "missing_port",
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"etcd_bridge_api_writes_total{verb="apply",kind="EndpointSlice"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"etcd_bridge_skipped_registrations_total{reason="missing_port"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! `etcd-bridge preview`: what `run` would write, from etcd alone, and every key it would skip.
+
+use crate::config::{EtcdArgs, ProjectionArgs};
+use crate::error::{Error, Result};
+use crate::naming::{self, Collision};
+use crate::projection::{self, ProjectionConfig};
+use crate::registry::SkipReason;
+use crate::slicing;
+use crate::snapshot::Snapshot;
+use etcd_client::GetOptions;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use std::fmt::Write;
+
+pub struct Report {
+    pub services: Vec<(Service, Vec<EndpointSlice>)>,
+    pub skipped: Vec<(String, SkipReason)>,
+    pub collisions: Vec<Collision>,
+}
+
+/// Lists every prefix once and projects it, as `run` would on an empty cluster.
+pub async fn preview(etcd: &EtcdArgs, proj: &ProjectionArgs) -> Result<Report> {
+    let mut client = crate::etcd::connect(etcd).await?;
+    let mut snapshot = Snapshot::new(etcd.prefixes.clone(), proj.aggregate);
+    for prefix in &etcd.prefixes {
+        let list = client
+            .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|source| Error::Etcd {
+                endpoints: etcd.endpoints.join(","),
+                source,
+            })?;
+        snapshot.reset_prefix(prefix, list.kvs().iter().map(|kv| (kv.key(), kv.value())));
+    }
+    Ok(Report::from_snapshot(&snapshot, &proj.projection_config()))
+}
+
+impl Report {
+    /// The objects a fresh `run` would write for `snapshot`.
+    pub fn from_snapshot(snapshot: &Snapshot, cfg: &ProjectionConfig) -> Report {
+        let (names, collisions) = naming::assign(snapshot.targets());
+        let mut services = Vec::new();
+        for (target, name) in &names {
+            let groups = projection::group(snapshot.registrations(target));
+            if groups.is_empty() {
+                continue;
+            }
+            let svc = projection::service(name, target, &groups, cfg);
+            let slices = slicing::plan(name, &groups, &[], cfg.max_endpoints_per_slice)
+                .iter()
+                .map(|p| projection::slice(name, &p.name, &p.group, &p.addrs, cfg))
+                .collect();
+            services.push((svc, slices));
+        }
+        services.sort_by_key(|(s, _)| s.name_any());
+        Report {
+            services,
+            skipped: snapshot
+                .skipped()
+                .map(|(k, r)| (k.to_string(), r))
+                .collect(),
+            collisions,
+        }
+    }
+
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<40} {:<40} {:<8} {:<8} ENDPOINTS",
+            "SERVICE", "ENDPOINTSLICE", "WEIGHT", "PORT"
+        );
+        for (svc, slices) in &self.services {
+            for s in slices {
+                let weight = s
+                    .annotations()
+                    .get(crate::labels::ANNOTATION_WEIGHT)
+                    .cloned()
+                    .unwrap_or_default();
+                let port = s
+                    .ports
+                    .as_ref()
+                    .and_then(|p| p.first())
+                    .and_then(|p| p.port)
+                    .unwrap_or_default();
+                let addrs: Vec<&str> = s
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| e.addresses.iter().map(String::as_str))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:<40} {:<8} {:<8} {}",
+                    svc.name_any(),
+                    s.name_any(),
+                    weight,
+                    port,
+                    addrs.join(",")
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n{} Services, {} EndpointSlices",
+            self.services.len(),
+            self.services.iter().map(|(_, s)| s.len()).sum::<usize>()
+        );
+        for c in &self.collisions {
+            let _ = writeln!(
+                out,
+                "name collision on {}: {:?} keeps it; {:?} get a hashed suffix",
+                c.name, c.winner, c.losers
+            );
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(out, "\nSKIPPED KEY  REASON");
+            for (k, r) in &self.skipped {
+                let _ = writeln!(out, "{}  {} ({r})", k.escape_debug(), r.label());
+            }
+        }
+        out
+    }
+
+    /// Every object as one Kubernetes `List`, for `-o json`.
+    pub fn objects(&self) -> serde_json::Value {
+        let mut items = Vec::new();
+        for (svc, slices) in &self.services {
+            items.push(serde_json::to_value(svc).unwrap_or_default());
+            for s in slices {
+                items.push(serde_json::to_value(s).unwrap_or_default());
+            }
+        }
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_objects_and_skips() {
+        let mut snap = Snapshot::new(vec!["/".into()], true);
+        snap.put(
+            b"/greeter/v1/10.0.0.1:50051",
+            br#"{"name":"greeter","addr":"10.0.0.1:50051","version":"v1","weight":2}"#,
+        );
+        snap.put(b"/greeter/v1/10.0.0.2", b"garbage");
+        let cfg = ProjectionConfig {
+            namespace: "ns".into(),
+            instance: "default".into(),
+            headless: true,
+            max_endpoints_per_slice: 100,
+        };
+        let r = Report::from_snapshot(&snap, &cfg);
+        let names: Vec<String> = r.services.iter().map(|(s, _)| s.name_any()).collect();
+        assert_eq!(names, ["greeter", "greeter-v1"]);
+        assert_eq!(r.skipped.len(), 1);
+        let table = r.table();
+        assert!(table.contains("10.0.0.1"), "{table}");
+        assert!(table.contains("2 Services, 2 EndpointSlices"), "{table}");
+        assert_eq!(r.objects()["items"].as_array().map(Vec::len), Some(4));
+    }
+}

@@ -1,0 +1,287 @@
+//! The registry as the bridge last read it: every key under the watched prefixes, parsed once.
+//!
+//! Keys are kept sorted, so the registrations of a resolver target are a range scan over its key
+//! prefix (exactly what the seed's Resolver reads), with no second index to keep in step.
+
+use crate::registry::{self, Registration, SkipReason};
+use crate::target::{self, Target};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Valid(Registration),
+    Skipped(SkipReason),
+}
+
+/// What one change did, for the reconciler (which targets to re-project) and for reporting.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    pub targets: BTreeSet<Target>,
+    /// A key newly skipped (or skipped for a new reason): reported once, not at every resync.
+    pub newly_skipped: Vec<(String, SkipReason)>,
+}
+
+impl Change {
+    fn merge(&mut self, other: Change) {
+        self.targets.extend(other.targets);
+        self.newly_skipped.extend(other.newly_skipped);
+    }
+}
+
+pub struct Snapshot {
+    prefixes: Vec<String>,
+    aggregate: bool,
+    entries: BTreeMap<Box<str>, Entry>,
+    /// Valid registrations per target: a target exists while its count is above zero.
+    targets: BTreeMap<Target, u32>,
+}
+
+impl Snapshot {
+    pub fn new(prefixes: Vec<String>, aggregate: bool) -> Self {
+        Snapshot {
+            prefixes,
+            aggregate,
+            entries: BTreeMap::new(),
+            targets: BTreeMap::new(),
+        }
+    }
+
+    fn prefix_of(&self, key: &str) -> Option<&str> {
+        self.prefixes
+            .iter()
+            .find(|p| key.starts_with(p.as_str()))
+            .map(String::as_str)
+    }
+
+    fn targets_of(&self, key: &str, entry: &Entry) -> Vec<Target> {
+        match (entry, self.prefix_of(key)) {
+            (Entry::Valid(reg), Some(prefix)) => {
+                target::targets_of(prefix, reg, self.aggregate).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn count(&mut self, targets: &[Target], up: bool) {
+        for t in targets {
+            if up {
+                *self.targets.entry(t.clone()).or_default() += 1;
+            } else if let Some(n) = self.targets.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.targets.remove(t);
+                }
+            }
+        }
+    }
+
+    /// A PUT of `key` with `value`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Change {
+        let Ok(key_str) = std::str::from_utf8(key) else {
+            // Not even a key we can name: count it, but it belongs to no target.
+            return Change {
+                targets: BTreeSet::new(),
+                newly_skipped: vec![(
+                    String::from_utf8_lossy(key).into_owned(),
+                    SkipReason::NotUtf8,
+                )],
+            };
+        };
+        let Some(prefix) = self.prefix_of(key_str) else {
+            return Change::default();
+        };
+        let entry = match registry::parse(prefix, key, value) {
+            Ok(reg) => Entry::Valid(reg),
+            Err(reason) => Entry::Skipped(reason),
+        };
+        let mut change = Change::default();
+        if let Entry::Skipped(reason) = entry {
+            let before = self.entries.get(key_str);
+            if before != Some(&Entry::Skipped(reason)) {
+                change.newly_skipped.push((key_str.to_string(), reason));
+            }
+        }
+        let new_targets = self.targets_of(key_str, &entry);
+        let old = self.entries.insert(key_str.into(), entry.clone());
+        if old.as_ref() == Some(&entry) {
+            return change;
+        }
+        let old_targets = old
+            .as_ref()
+            .map(|o| self.targets_of(key_str, o))
+            .unwrap_or_default();
+        self.count(&old_targets, false);
+        self.count(&new_targets, true);
+        change.targets.extend(old_targets);
+        change.targets.extend(new_targets);
+        change
+    }
+
+    /// A DELETE of `key` (removed, or its lease expired).
+    pub fn delete(&mut self, key: &[u8]) -> Change {
+        let Ok(key_str) = std::str::from_utf8(key) else {
+            return Change::default();
+        };
+        let Some(old) = self.entries.remove(key_str) else {
+            return Change::default();
+        };
+        let targets = self.targets_of(key_str, &old);
+        self.count(&targets, false);
+        Change {
+            targets: targets.into_iter().collect(),
+            newly_skipped: Vec::new(),
+        }
+    }
+
+    /// Replaces everything under `prefix` with a fresh list (after a relist): keys that are gone
+    /// are deletes, so deletes missed while the watch was down (compaction) are recovered.
+    pub fn reset_prefix<'a>(
+        &mut self,
+        prefix: &str,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Change {
+        let mut stale: BTreeSet<Box<str>> = self.keys_under(prefix).map(Box::<str>::from).collect();
+        let mut change = Change::default();
+        for (k, v) in kvs {
+            if let Ok(ks) = std::str::from_utf8(k) {
+                stale.remove(ks);
+            }
+            change.merge(self.put(k, v));
+        }
+        for k in stale {
+            change.merge(self.delete(k.as_bytes()));
+        }
+        change
+    }
+
+    fn keys_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.range(prefix).map(|(k, _)| k)
+    }
+
+    fn range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        self.entries
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .map(|(k, e)| (k.as_ref(), e))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// The valid registrations a resolver for `target` would see.
+    pub fn registrations<'a>(
+        &'a self,
+        target: &Target,
+    ) -> impl Iterator<Item = &'a Registration> + 'a {
+        let prefix = target.key_prefix();
+        self.entries
+            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix.as_str()))
+            .filter_map(|(_, e)| match e {
+                Entry::Valid(r) => Some(r),
+                Entry::Skipped(_) => None,
+            })
+    }
+
+    /// Every target with at least one valid registration.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.keys()
+    }
+
+    pub fn has_target(&self, target: &Target) -> bool {
+        self.targets.contains_key(target)
+    }
+
+    /// Every skipped key with its reason.
+    pub fn skipped(&self) -> impl Iterator<Item = (&str, SkipReason)> {
+        self.entries.iter().filter_map(|(k, e)| match e {
+            Entry::Skipped(r) => Some((k.as_ref(), *r)),
+            Entry::Valid(_) => None,
+        })
+    }
+
+    /// (valid, skipped) counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let skipped = self.skipped().count();
+        (self.entries.len() - skipped, skipped)
+    }
+
+    pub fn prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(name: &str, version: &str, addr: &str, weight: i64) -> Vec<u8> {
+        format!(r#"{{"name":"{name}","addr":"{addr}","version":"{version}","weight":{weight}}}"#)
+            .into_bytes()
+    }
+
+    fn target(name: &str, version: Option<&str>) -> Target {
+        Target {
+            prefix: "/".into(),
+            name: name.into(),
+            version: version.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn versioned_key_belongs_to_its_version_and_the_aggregate() {
+        let mut s = Snapshot::new(vec!["/".into()], true);
+        let c = s.put(
+            b"/greeter/v1/10.0.0.1:50051",
+            &value("greeter", "v1", "10.0.0.1:50051", 1),
+        );
+        assert_eq!(
+            c.targets,
+            [target("greeter", None), target("greeter", Some("v1"))].into()
+        );
+        s.put(
+            b"/greeter/10.0.0.2:50051",
+            &value("greeter", "", "10.0.0.2:50051", 1),
+        );
+        assert_eq!(s.registrations(&target("greeter", None)).count(), 2);
+        assert_eq!(s.registrations(&target("greeter", Some("v1"))).count(), 1);
+        // A name that merely starts with the same letters is another service.
+        s.put(
+            b"/greeterx/10.0.0.3:50051",
+            &value("greeterx", "", "10.0.0.3:50051", 1),
+        );
+        assert_eq!(s.registrations(&target("greeter", None)).count(), 2);
+    }
+
+    #[test]
+    fn delete_removes_the_target_with_its_last_registration() {
+        let mut s = Snapshot::new(vec!["/".into()], false);
+        s.put(b"/a/v1/10.0.0.1:1", &value("a", "v1", "10.0.0.1:1", 0));
+        assert!(s.has_target(&target("a", Some("v1"))));
+        let c = s.delete(b"/a/v1/10.0.0.1:1");
+        assert_eq!(c.targets, [target("a", Some("v1"))].into());
+        assert_eq!(s.targets().count(), 0);
+        assert_eq!(s.delete(b"/a/v1/10.0.0.1:1"), Change::default());
+    }
+
+    #[test]
+    fn unchanged_put_affects_nothing_and_a_skip_is_reported_once() {
+        let mut s = Snapshot::new(vec!["/".into()], true);
+        let v = value("a", "", "10.0.0.1:1", 0);
+        assert!(!s.put(b"/a/10.0.0.1:1", &v).targets.is_empty());
+        assert!(s.put(b"/a/10.0.0.1:1", &v).targets.is_empty());
+        let bad = s.put(b"/a/10.0.0.2", b"{not json");
+        assert_eq!(bad.newly_skipped.len(), 1);
+        assert!(s.put(b"/a/10.0.0.2", b"{not json").newly_skipped.is_empty());
+        assert_eq!(s.counts(), (1, 1));
+    }
+
+    #[test]
+    fn reset_recovers_missed_deletes() {
+        let mut s = Snapshot::new(vec!["/".into()], false);
+        s.put(b"/a/v1/10.0.0.1:1", &value("a", "v1", "10.0.0.1:1", 0));
+        s.put(b"/a/v1/10.0.0.2:1", &value("a", "v1", "10.0.0.2:1", 0));
+        let keep = value("a", "v1", "10.0.0.2:1", 0);
+        let c = s.reset_prefix("/", [(&b"/a/v1/10.0.0.2:1"[..], &keep[..])]);
+        assert_eq!(c.targets, [target("a", Some("v1"))].into());
+        assert_eq!(s.registrations(&target("a", Some("v1"))).count(), 1);
+    }
+}

@@ -1,0 +1,148 @@
+//! A real etcd (Debian's `etcd-server`) on loopback, with its data in a directory of its own.
+
+use crate::process::{Proc, free_port, wait_until};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where Debian's `etcd-server` puts the binary; `ETCD_BIN` overrides it.
+fn etcd_binary() -> Result<PathBuf, String> {
+    let path = PathBuf::from(std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into()));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "etcd not found at {}: run `make deps` (installs Debian's etcd-server) or set ETCD_BIN",
+            path.display()
+        ))
+    }
+}
+
+/// One single-member etcd cluster.
+pub struct Etcd {
+    pub name: String,
+    pub client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    proc: Option<Proc>,
+}
+
+impl Etcd {
+    /// Starts etcd with its data under `dir/name`. `extra` are more flags (TLS, auth).
+    pub fn start(dir: &Path, name: &str, extra: &[String]) -> Result<Etcd, String> {
+        let mut last = String::new();
+        // The ports are free when picked but could be taken before etcd binds them: retry.
+        for _ in 0..3 {
+            let mut etcd = Etcd {
+                name: name.to_string(),
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: dir.join(name),
+                extra: extra.to_vec(),
+                proc: None,
+            };
+            match etcd.launch() {
+                Ok(()) => return Ok(etcd),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.extra.iter().any(|a| a.starts_with("--cert-file")) {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut args = vec![
+            format!("--name={}", self.name),
+            format!("--data-dir={}", self.dir.join("data").display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={}={peer}", self.name),
+            "--initial-cluster-state=new".into(),
+            // Tests are short-lived; fsync latency only slows them down.
+            "--unsafe-no-fsync".into(),
+            "--logger=zap".into(),
+            "--log-level=warn".into(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let log = self.dir.join("etcd.log");
+        let mut proc = Proc::spawn(&format!("etcd {}", self.name), &etcd_binary()?, &args, &log)?;
+        let port = self.client_port;
+        let tls = self.scheme() == "https";
+        wait_until(
+            &format!("etcd {} on port {port}", self.name),
+            Duration::from_secs(20),
+            &mut proc,
+            || if tls { port_open(port) } else { healthy(port) },
+        )?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// Stops etcd gracefully (SIGTERM); its data stays for `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Freezes etcd (SIGSTOP): connections stay open but nothing answers, like a hung server.
+    pub fn freeze(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("STOP");
+        }
+    }
+
+    /// Resumes a frozen etcd.
+    pub fn thaw(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("CONT");
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.launch()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::log_tail(&self.dir.join("etcd.log"), lines)
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// etcd's own `/health`, over plain HTTP/1.0 so the test bed needs no HTTP client.
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
