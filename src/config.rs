@@ -130,6 +130,18 @@ pub struct RunArgs {
     /// slice by hand).
     #[arg(long, env = "ETCD_BRIDGE_RESYNC_INTERVAL", value_parser = humantime, default_value = "5m")]
     pub resync_interval: Duration,
+    /// Mass-deletion guard: a sync that would remove more than this share of all projected
+    /// endpoints at once holds those deletions until a second consistent read of etcd, after
+    /// --delete-confirm-delay, confirms them (a wiped prefix, a restored backup, a wrong etcd).
+    #[arg(long, env = "ETCD_BRIDGE_MAX_DELETE_RATIO", default_value_t = 0.5, value_parser = ratio)]
+    pub max_delete_ratio: f64,
+    /// The guard ignores syncs that remove fewer endpoints than this (small estates churn by
+    /// whole services).
+    #[arg(long, env = "ETCD_BRIDGE_MASS_DELETE_MIN", default_value_t = 10)]
+    pub mass_delete_min: usize,
+    /// How long held deletions wait before etcd is read again to confirm them.
+    #[arg(long, env = "ETCD_BRIDGE_DELETE_CONFIRM_DELAY", value_parser = humantime, default_value = "30s")]
+    pub delete_confirm_delay: Duration,
     /// Log format.
     #[arg(
         long,
@@ -155,6 +167,13 @@ pub struct PreviewArgs {
 pub enum PreviewOutput {
     Table,
     Json,
+}
+
+fn ratio(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}` is not a share between 0 and 1 (e.g. 0.5)")),
+    }
 }
 
 /// `10ms`, `5s`, `2m`, `1h`: the few duration forms the flags need.
@@ -207,6 +226,36 @@ impl EtcdArgs {
 }
 
 impl ProjectionArgs {
+    /// The instance goes into a label value, and the namespace must be a DNS label.
+    pub fn validate(&self) -> Result<()> {
+        let i = &self.instance;
+        let ok = !i.is_empty()
+            && i.len() <= 63
+            && i.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && i.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && i.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(Error::Config(format!(
+                "--instance `{i}` must be a Kubernetes label value: at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit"
+            )));
+        }
+        let n = &self.namespace;
+        if n.is_empty()
+            || n.len() > 63
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || n.starts_with('-')
+            || n.ends_with('-')
+        {
+            return Err(Error::Config(format!(
+                "--namespace `{n}` is not a valid namespace name (lowercase letters, digits and `-`)"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn projection_config(&self) -> crate::projection::ProjectionConfig {
         crate::projection::ProjectionConfig {
             namespace: self.namespace.clone(),

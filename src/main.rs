@@ -9,7 +9,7 @@ use etcd_bridge::k8s::{ClusterView, Writer};
 use etcd_bridge::leader::Leadership;
 use etcd_bridge::metrics::Metrics;
 use etcd_bridge::preview;
-use etcd_bridge::reconciler::{self, Reconciler, Timing};
+use etcd_bridge::reconciler::{self, Reconciler, Tuning};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,8 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| "info,kube_lease_manager=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -82,6 +83,7 @@ fn on_signal(token: CancellationToken) {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
+    args.projection.validate()?;
     let client = kube_client(&args).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -138,12 +140,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let reconciler = Reconciler::new(
-        args.etcd.prefixes.clone(),
+        args.etcd.clone(),
         args.projection.aggregate,
         args.projection.projection_config(),
-        Timing {
+        Tuning {
             coalesce: args.coalesce,
             resync: args.resync_interval,
+            max_delete_ratio: args.max_delete_ratio,
+            mass_delete_min: args.mass_delete_min,
+            delete_confirm_delay: args.delete_confirm_delay,
         },
         metrics.clone(),
         health.clone(),
@@ -166,6 +171,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn preview_cmd(args: PreviewArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
+    args.projection.validate()?;
     let report = preview::preview(&args.etcd, &args.projection).await?;
     match args.output {
         PreviewOutput::Table => print!("{}", report.table()),

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub conflicts: Family<KindLabels, Counter>,
     pub leader: Gauge,
     pub etcd_connected: Gauge,
+    pub held_deletions: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +66,7 @@ impl Default for Metrics {
             conflicts: Family::default(),
             leader: Gauge::default(),
             etcd_connected: Gauge::default(),
+            held_deletions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +124,11 @@ impl Default for Metrics {
             "etcd_connected",
             "1 while the etcd watch is established",
             m.etcd_connected.clone(),
+        );
+        registry.register(
+            "held_deletions",
+            "Endpoint deletions held by the mass-deletion guard until etcd confirms them",
+            m.held_deletions.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,13 +1,12 @@
 //! `etcd-bridge preview`: what `run` would write, from etcd alone, and every key it would skip.
 
 use crate::config::{EtcdArgs, ProjectionArgs};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::naming::{self, Collision};
 use crate::projection::{self, ProjectionConfig};
 use crate::registry::SkipReason;
 use crate::slicing;
 use crate::snapshot::Snapshot;
-use etcd_client::GetOptions;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -24,14 +23,8 @@ pub async fn preview(etcd: &EtcdArgs, proj: &ProjectionArgs) -> Result<Report> {
     let mut client = crate::etcd::connect(etcd).await?;
     let mut snapshot = Snapshot::new(etcd.prefixes.clone(), proj.aggregate);
     for prefix in &etcd.prefixes {
-        let list = client
-            .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|source| Error::Etcd {
-                endpoints: etcd.endpoints.join(","),
-                source,
-            })?;
-        snapshot.reset_prefix(prefix, list.kvs().iter().map(|kv| (kv.key(), kv.value())));
+        let (kvs, _) = crate::etcd::read_prefix(&mut client, etcd, prefix).await?;
+        snapshot.reset_prefix(prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
     }
     Ok(Report::from_snapshot(&snapshot, &proj.projection_config()))
 }

@@ -5,6 +5,7 @@
 //! Service once, however many of its registrations changed. An unchanged Service costs no write.
 
 use crate::backoff::Backoff;
+use crate::config::EtcdArgs;
 use crate::diff::{self, SliceChange};
 use crate::error::Result;
 use crate::etcd::{KvEvent, Update};
@@ -31,12 +32,18 @@ use tokio_util::sync::CancellationToken;
 /// How many Services are synced at once; each one's own writes stay in order.
 const CONCURRENCY: usize = 16;
 
-/// How often the reconciler writes.
-pub struct Timing {
+/// When and how much the reconciler writes.
+pub struct Tuning {
     /// How long changes gather before a flush.
     pub coalesce: Duration,
-    /// How often every Service is checked against the cluster (drift repair).
+    /// How often etcd is read again and every Service checked against the cluster (drift repair).
     pub resync: Duration,
+    /// Mass-deletion guard: the share of all projected endpoints one flush may remove.
+    pub max_delete_ratio: f64,
+    /// ... unless it removes fewer endpoints than this.
+    pub mass_delete_min: usize,
+    /// How long held deletions wait for a confirming read of etcd.
+    pub delete_confirm_delay: Duration,
 }
 
 pub struct Reconciler {
@@ -62,23 +69,28 @@ pub struct Reconciler {
     synced: bool,
     retry: Backoff,
     retry_at: Option<Instant>,
-    coalesce: Duration,
-    resync: Duration,
+    tuning: Tuning,
+    /// Services whose deletions the mass-deletion guard holds, and when etcd is read to confirm.
+    held: BTreeSet<String>,
+    confirm_at: Option<Instant>,
+    /// A confirming read agreed with the cache: the next flush may delete what was held.
+    deletions_confirmed: bool,
+    etcd: EtcdArgs,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
 
 impl Reconciler {
     pub fn new(
-        prefixes: Vec<String>,
+        etcd: EtcdArgs,
         aggregate: bool,
         cfg: ProjectionConfig,
-        timing: Timing,
+        tuning: Tuning,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
         Reconciler {
-            snapshot: Snapshot::new(prefixes, aggregate),
+            snapshot: Snapshot::new(etcd.prefixes.clone(), aggregate),
             cfg,
             names: BTreeMap::new(),
             by_name: HashMap::new(),
@@ -95,8 +107,11 @@ impl Reconciler {
             synced: false,
             retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             retry_at: None,
-            coalesce: timing.coalesce,
-            resync: timing.resync,
+            tuning,
+            held: BTreeSet::new(),
+            confirm_at: None,
+            deletions_confirmed: false,
+            etcd,
             metrics,
             health,
         }
@@ -140,6 +155,10 @@ impl Reconciler {
                 return;
             }
         };
+        self.note_change(change);
+    }
+
+    fn note_change(&mut self, change: Change) {
         for (key, reason) in &change.newly_skipped {
             tracing::warn!(key = %key.escape_debug(), reason = reason.label(), "skipping registration: {reason}");
             self.metrics
@@ -268,7 +287,8 @@ impl Reconciler {
                 self.dirty_names.insert(n.clone());
             }
         }
-        let names = std::mem::take(&mut self.dirty_names);
+        let mut names = std::mem::take(&mut self.dirty_names);
+        self.guard_deletions(writer, &mut names);
         let oldest = self.oldest_event.take();
         self.dirty_since = None;
         let this = &*self;
@@ -315,6 +335,121 @@ impl Reconciler {
         self.update_readiness();
     }
 
+    /// The endpoints (ip, port) of `name` in the cluster that the registry no longer has.
+    fn removals(&self, writer: &Writer, name: &str) -> usize {
+        let wanted: BTreeSet<(std::net::IpAddr, u16)> = self
+            .by_name
+            .get(name)
+            .map(|t| {
+                projection::group(self.snapshot.registrations(t))
+                    .into_iter()
+                    .flat_map(|(g, addrs)| addrs.into_iter().map(move |a| (a, g.port)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        writer
+            .view()
+            .slices_of(name)
+            .iter()
+            .filter_map(|s| slicing::from_object(s))
+            .flat_map(|p| {
+                let port = p.group.port;
+                p.addrs.into_iter().map(move |a| (a, port))
+            })
+            .filter(|e| !wanted.contains(e))
+            .count()
+    }
+
+    /// The mass-deletion guard. When this flush would remove more than `max_delete_ratio` of all
+    /// projected endpoints (and at least `mass_delete_min`), the Services losing endpoints are
+    /// held out of it until a consistent read of etcd, `delete_confirm_delay` later, confirms.
+    fn guard_deletions(&mut self, writer: &Writer, names: &mut BTreeSet<String>) {
+        if self.deletions_confirmed {
+            self.deletions_confirmed = false;
+            self.held.clear();
+            self.metrics.held_deletions.set(0);
+            return;
+        }
+        names.extend(std::mem::take(&mut self.held));
+        let losing: Vec<(String, usize)> = names
+            .iter()
+            .map(|n| (n.clone(), self.removals(writer, n)))
+            .filter(|(_, r)| *r > 0)
+            .collect();
+        let removed: usize = losing.iter().map(|(_, r)| r).sum();
+        let total = writer.view().total_endpoints();
+        let trips = removed >= self.tuning.mass_delete_min
+            && removed as f64 > self.tuning.max_delete_ratio * total as f64;
+        if !trips {
+            self.metrics.held_deletions.set(0);
+            return;
+        }
+        for (n, _) in &losing {
+            names.remove(n);
+            self.held.insert(n.clone());
+        }
+        self.metrics.held_deletions.set(removed as i64);
+        if self.confirm_at.is_none() {
+            self.confirm_at = Some(Instant::now() + self.tuning.delete_confirm_delay);
+            tracing::warn!(
+                endpoints = removed,
+                of = total,
+                services = losing.len(),
+                confirm_in = ?self.tuning.delete_confirm_delay,
+                "mass-deletion guard: holding deletions until a second read of etcd confirms them"
+            );
+        }
+    }
+
+    /// Reads every prefix again (linearizable) and brings the cache to it: missed events are
+    /// recovered, and deletions held by the guard are confirmed if the keys are really gone.
+    async fn reread(&mut self) -> Result<()> {
+        let mut client = crate::etcd::connect(&self.etcd).await?;
+        let mut lists = Vec::new();
+        for prefix in self.snapshot.prefixes().to_vec() {
+            let (kvs, _) = crate::etcd::read_prefix(&mut client, &self.etcd, &prefix).await?;
+            lists.push((prefix, kvs));
+        }
+        for (prefix, kvs) in lists {
+            let change = self
+                .snapshot
+                .reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
+            if !change.targets.is_empty() {
+                tracing::warn!(%prefix, targets = change.targets.len(), "the consistent read found changes the watch had missed");
+                self.note_change(change);
+            }
+        }
+        Ok(())
+    }
+
+    /// Called when `confirm_at` passes.
+    pub async fn confirm_deletions(&mut self) {
+        match self.reread().await {
+            Ok(()) => {
+                tracing::warn!(
+                    services = self.held.len(),
+                    "mass-deletion guard: etcd confirms the deletions; applying them"
+                );
+                self.confirm_at = None;
+                self.deletions_confirmed = true;
+                self.dirty_names.extend(self.held.iter().cloned());
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mass-deletion guard: cannot read etcd to confirm; still holding");
+                self.confirm_at = Some(Instant::now() + self.tuning.delete_confirm_delay);
+            }
+        }
+    }
+
+    /// Drift repair: reread etcd, then check every Service against the cluster.
+    pub async fn resync(&mut self) {
+        if let Err(e) = self.reread().await {
+            tracing::warn!(error = %e, "drift repair: cannot read etcd; checking the cluster against the cache");
+        }
+        self.synced = false;
+    }
+
     /// Brings one Service and its slices to what the registry says. Returns whether anything
     /// was written.
     async fn sync_service(&self, writer: &Writer, name: &str) -> Result<bool> {
@@ -344,10 +479,30 @@ impl Reconciler {
                 .get_or_create(&KindLabels { kind: "Service" })
                 .inc();
             tracing::warn!(service = %name, target = ?target, "a Service of this name exists and is not this bridge's; leaving it untouched");
+            writer
+                .warn(
+                    svc.as_ref(),
+                    "NameConflict",
+                    format!(
+                        "etcd-bridge would project the etcd target {} (prefix {}) here, but this Service is not managed by it; it is left untouched. Rename or delete this Service, or run the bridge in another namespace.",
+                        target.raw_name(),
+                        target.prefix
+                    ),
+                )
+                .await;
             return Ok(false);
         }
         let mut wrote = false;
         let desired = projection::service(name, target, &groups, &self.cfg);
+        let current = match current {
+            // clusterIP is immutable: switching headless on or off needs a new Service.
+            Some(c) if diff::service_needs_recreate(&desired, &c) => {
+                writer.delete_service(&c).await?;
+                tracing::info!(service = %name, "recreating: headless changed");
+                None
+            }
+            c => c,
+        };
         let svc = match current {
             Some(c) if !diff::service_needs_write(&desired, &c) => c,
             _ => {
@@ -408,11 +563,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     reconciler.set_leader(*leader.borrow_and_update());
-    let mut resync_tick = tokio::time::interval(reconciler.resync);
+    let mut resync_tick = tokio::time::interval(reconciler.tuning.resync);
     resync_tick.tick().await;
     loop {
         reconciler.update_readiness();
-        let due = reconciler.next_flush(reconciler.coalesce);
+        let due = reconciler.next_flush(reconciler.tuning.coalesce);
+        let confirm = reconciler.confirm_at.filter(|_| reconciler.leader);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(u) = etcd_rx.recv() => {
@@ -429,8 +585,16 @@ pub async fn run(
                 reconciler.set_leader(is);
             }
             _ = resync_tick.tick() => {
-                // Drift repair: check every Service against the cluster, as after a restart.
-                reconciler.synced = false;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = reconciler.resync() => {}
+                }
+            }
+            _ = sleep_until(confirm), if confirm.is_some() => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = reconciler.confirm_deletions() => {}
+                }
             }
             _ = sleep_until(due), if due.is_some() => {
                 tokio::select! {

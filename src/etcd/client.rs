@@ -39,3 +39,29 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>> {
         source,
     })
 }
+
+/// Everything under `prefix` at one revision: (key, value) pairs and the revision. The read is
+/// linearizable (etcd's default), so it reflects every write acknowledged before it.
+pub async fn read_prefix(
+    client: &mut Client,
+    args: &EtcdArgs,
+    prefix: &str,
+) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, i64)> {
+    let list = client
+        .get(
+            prefix.as_bytes(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(|source| Error::Etcd {
+            endpoints: args.endpoints.join(","),
+            source,
+        })?;
+    let revision = list.header().map(|h| h.revision()).unwrap_or_default();
+    let kvs = list
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+        .collect();
+    Ok((kvs, revision))
+}

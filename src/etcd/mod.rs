@@ -3,5 +3,5 @@
 pub mod client;
 pub mod watcher;
 
-pub use client::connect;
+pub use client::{connect, read_prefix};
 pub use watcher::{KvEvent, Update, watch_prefix};

@@ -9,7 +9,7 @@
 use crate::backoff::Backoff;
 use crate::config::EtcdArgs;
 use crate::metrics::Metrics;
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -58,16 +58,9 @@ pub async fn watch_prefix(
             let rev = match revision {
                 Some(r) => r,
                 None => {
-                    let list = client
-                        .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
+                    let (kvs, rev) = crate::etcd::read_prefix(&mut client, &args, &prefix)
                         .await
-                        .map_err(|e| etcd_err(&args, e))?;
-                    let rev = list.header().map(|h| h.revision()).unwrap_or_default();
-                    let kvs = list
-                        .kvs()
-                        .iter()
-                        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-                        .collect::<Vec<_>>();
+                        .map_err(|e| e.to_string())?;
                     tracing::info!(%prefix, keys = kvs.len(), revision = rev, "listed etcd prefix");
                     let _ = tx
                         .send(Update::Listed {

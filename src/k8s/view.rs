@@ -227,6 +227,11 @@ impl ClusterView {
             .collect()
     }
 
+    /// Endpoints in all of this instance's EndpointSlices.
+    pub fn total_endpoints(&self) -> usize {
+        self.slices.state().iter().map(|s| s.endpoints.len()).sum()
+    }
+
     /// Counts of (owned Services, owned EndpointSlices) as the stores see them.
     pub fn counts(&self) -> (usize, usize) {
         (

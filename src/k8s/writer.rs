@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, ResourceExt};
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub enum Outcome {
 }
 
 pub struct Writer {
+    recorder: Recorder,
     services: Api<Service>,
     slices: Api<EndpointSlice>,
     view: Arc<ClusterView>,
@@ -38,7 +40,12 @@ fn is_not_found(e: &kube::Error) -> bool {
 impl Writer {
     pub fn new(client: Client, view: Arc<ClusterView>, metrics: Arc<Metrics>) -> Self {
         let ns = view.namespace().to_string();
+        let reporter = Reporter {
+            controller: crate::labels::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Writer {
+            recorder: Recorder::new(client.clone(), reporter),
             services: Api::namespaced(client.clone(), &ns),
             slices: Api::namespaced(client, &ns),
             view,
@@ -134,6 +141,25 @@ impl Writer {
             .unwrap_or(0);
         self.view.record_slice(&name, None, rv);
         Ok(())
+    }
+
+    /// A Warning Event on `obj`. Best effort: failing to report is logged, never fatal.
+    pub async fn warn<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Project".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish an Event");
+        }
     }
 
     fn count(&self, verb: &'static str, kind: &'static str, ok: bool) {
