@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: help deps build demo test lint unit bench clean-cache
+.PHONY: help deps build demo test lint bench crds clean-cache
 
 help:
 	@echo "make demo   - run the bridge on a local test bed (etcd + kube-apiserver) and show what it does"
@@ -30,6 +30,12 @@ test: deps lint
 	@echo ">> the demo, end to end (--once)"
 	$(CARGO) build --bin etcd-bridge --example demo
 	target/debug/examples/demo --bridge target/debug/etcd-bridge --once
+
+# The CRD YAML is generated from src/writeback/crd.rs, never edited by hand.
+crds:
+	$(CARGO) run --quiet --bin etcd-bridge -- crd > crds/etcdregistrations.etcd-bridge.io.yaml
+	mkdir -p charts/etcd-bridge/crds
+	cp crds/etcdregistrations.etcd-bridge.io.yaml charts/etcd-bridge/crds/
 
 # Removes the cached Kubernetes binaries and helm (the next run rebuilds them).
 clean-cache:

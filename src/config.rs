@@ -23,6 +23,8 @@ pub enum Command {
     /// Print, from etcd alone and with no cluster, what `run` would write, and every key it would
     /// skip with the reason.
     Preview(PreviewArgs),
+    /// Print the EtcdRegistration CRD (YAML), generated from the Rust types.
+    Crd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -278,7 +280,7 @@ mod tests {
         }
         match Cli::parse_from(args).command {
             Command::Run(r) => r.etcd,
-            Command::Preview(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

@@ -23,5 +23,6 @@ pub mod registry;
 pub mod slicing;
 pub mod snapshot;
 pub mod target;
+pub mod writeback;
 
 pub use error::{Error, Result};

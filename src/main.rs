@@ -26,6 +26,10 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             preview_cmd(args).await
         }
+        Command::Crd => {
+            print!("{}", etcd_bridge::writeback::crd::crd_yaml());
+            Ok(())
+        }
     }
 }
 
