@@ -19,10 +19,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch etcd and keep Services and EndpointSlices in the target namespace in step with it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print, from etcd alone and with no cluster, what `run` would write, and every key it would
     /// skip with the reason.
-    Preview(PreviewArgs),
+    Preview(Box<PreviewArgs>),
     /// Print the EtcdRegistration CRD (YAML), generated from the Rust types.
     Crd,
 }
@@ -144,6 +144,8 @@ pub struct RunArgs {
     /// How long held deletions wait before etcd is read again to confirm them.
     #[arg(long, env = "ETCD_BRIDGE_DELETE_CONFIRM_DELAY", value_parser = humantime, default_value = "30s")]
     pub delete_confirm_delay: Duration,
+    #[command(flatten)]
+    pub writeback: WritebackArgs,
     /// Log format.
     #[arg(
         long,
@@ -152,6 +154,49 @@ pub struct RunArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+/// Write-back: EtcdRegistration objects become keys in etcd.
+#[derive(Debug, Clone, Args)]
+pub struct WritebackArgs {
+    /// Run the EtcdRegistration controller. `--writeback=false` turns write-back off entirely
+    /// (the CRD need not be installed then).
+    #[arg(long = "writeback", env = "ETCD_BRIDGE_WRITEBACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
+    /// The key prefix registrations are written under (the seed's root is `/`).
+    #[arg(
+        long = "writeback-prefix",
+        env = "ETCD_BRIDGE_WRITEBACK_PREFIX",
+        default_value = "/"
+    )]
+    pub prefix: String,
+    /// TTL of this process's etcd lease: without a successor, written keys vanish this long after
+    /// the bridge is gone. Must exceed --lease-duration, so a new leader re-puts them in time.
+    #[arg(long = "writeback-lease-ttl", env = "ETCD_BRIDGE_WRITEBACK_LEASE_TTL", value_parser = humantime, default_value = "30s")]
+    pub lease_ttl: Duration,
+    /// Which namespaces may publish which service names: comma-separated NS_GLOB:SERVICE_GLOB
+    /// rules (`*`, `?`). The default allows every namespace to publish every name.
+    #[arg(
+        long = "writeback-policy",
+        env = "ETCD_BRIDGE_WRITEBACK_POLICY",
+        value_delimiter = ',',
+        default_value = "*:*"
+    )]
+    pub policy: Vec<String>,
+    /// Watch EtcdRegistrations in this namespace only (default: every namespace).
+    #[arg(
+        id = "writeback_namespace",
+        long = "writeback-namespace",
+        env = "ETCD_BRIDGE_WRITEBACK_NAMESPACE"
+    )]
+    pub namespace: Option<String>,
+    /// Handle only the EtcdRegistrations that match this label selector, so that two bridges (two
+    /// registries) can share a cluster, e.g. `etcd-bridge.io/instance=payments`.
+    #[arg(long = "writeback-selector", env = "ETCD_BRIDGE_WRITEBACK_SELECTOR")]
+    pub selector: Option<String>,
+    /// Also import the keys this bridge wrote back (off by default: that would be a loop).
+    #[arg(long = "import-own-registrations", env = "ETCD_BRIDGE_IMPORT_OWN_REGISTRATIONS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub import_own: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -279,7 +324,7 @@ mod tests {
             args.push(p);
         }
         match Cli::parse_from(args).command {
-            Command::Run(r) => r.etcd,
+            Command::Run(r) => r.etcd.clone(),
             _ => unreachable!(),
         }
     }
@@ -295,6 +340,12 @@ mod tests {
         assert!(e.contains("contains"), "{e}");
         assert!(etcd(&["services/"]).validate().is_err());
         assert!(etcd(&["/services"]).validate().is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("write-back of {key}: {reason}")]
+    WriteBack { key: String, reason: String },
     #[error("configuration: {0}")]
     Config(String),
     #[error("{context}: {source}")]

@@ -20,11 +20,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             init_tracing(args.log_format);
-            run(args).await
+            run(*args).await
         }
         Command::Preview(args) => {
             init_tracing(LogFormat::Text);
-            preview_cmd(args).await
+            preview_cmd(*args).await
         }
         Command::Crd => {
             print!("{}", etcd_bridge::writeback::crd::crd_yaml());
@@ -88,6 +88,15 @@ fn on_signal(token: CancellationToken) {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
     args.projection.validate()?;
+    if args.writeback.enabled {
+        etcd_bridge::writeback::policy::Policy::parse(&args.writeback.policy)?;
+        anyhow::ensure!(
+            args.writeback.lease_ttl > args.lease_duration,
+            "--writeback-lease-ttl ({:?}) must exceed --lease-duration ({:?}): a new leader must re-put the keys before the old leader's etcd lease expires",
+            args.writeback.lease_ttl,
+            args.lease_duration
+        );
+    }
     let client = kube_client(&args).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -143,9 +152,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Leadership::always()
     };
 
+    let writeback = args.writeback.enabled.then(|| {
+        tokio::spawn(etcd_bridge::writeback::controller::run(
+            client.clone(),
+            args.etcd.clone(),
+            args.writeback.clone(),
+            args.projection.instance.clone(),
+            leadership.is_leader.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    });
     let reconciler = Reconciler::new(
         args.etcd.clone(),
         args.projection.aggregate,
+        (!args.writeback.import_own).then_some(args.projection.instance.as_str()),
         args.projection.projection_config(),
         Tuning {
             coalesce: args.coalesce,
@@ -166,8 +187,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await;
-    leadership.release().await;
     shutdown.cancel();
+    if let Some(w) = writeback {
+        match w.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "write-back stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "write-back task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    leadership.release().await;
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())

@@ -81,16 +81,23 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// `skip_own`: the bridge instance whose written-back keys are not imported (no loop).
     pub fn new(
         etcd: EtcdArgs,
         aggregate: bool,
+        skip_own: Option<&str>,
         cfg: ProjectionConfig,
         tuning: Tuning,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
         Reconciler {
-            snapshot: Snapshot::new(etcd.prefixes.clone(), aggregate),
+            snapshot: match skip_own {
+                Some(instance) => {
+                    Snapshot::new(etcd.prefixes.clone(), aggregate).skip_own(instance)
+                }
+                None => Snapshot::new(etcd.prefixes.clone(), aggregate),
+            },
             cfg,
             names: BTreeMap::new(),
             by_name: HashMap::new(),
@@ -160,7 +167,12 @@ impl Reconciler {
 
     fn note_change(&mut self, change: Change) {
         for (key, reason) in &change.newly_skipped {
-            tracing::warn!(key = %key.escape_debug(), reason = reason.label(), "skipping registration: {reason}");
+            if *reason == crate::registry::SkipReason::OwnRegistration {
+                // Expected, not a fault: no warning.
+                tracing::debug!(key = %key.escape_debug(), "not importing a written-back registration");
+            } else {
+                tracing::warn!(key = %key.escape_debug(), reason = reason.label(), "skipping registration: {reason}");
+            }
             self.metrics
                 .skipped
                 .get_or_create(&ReasonLabels {

@@ -54,11 +54,13 @@ pub enum SkipReason {
     KeyValueMismatch,
     /// The weight is below zero.
     NegativeWeight,
+    /// Written back by this bridge from an EtcdRegistration: projecting it again would loop.
+    OwnRegistration,
 }
 
 impl SkipReason {
     /// Every reason, so that metrics can start each label value at zero.
-    pub const ALL: [SkipReason; 12] = [
+    pub const ALL: [SkipReason; 13] = [
         SkipReason::NotUtf8,
         SkipReason::Oversized,
         SkipReason::InvalidJson,
@@ -71,11 +73,13 @@ impl SkipReason {
         SkipReason::BadKeyShape,
         SkipReason::KeyValueMismatch,
         SkipReason::NegativeWeight,
+        SkipReason::OwnRegistration,
     ];
 
     /// A stable snake_case name, used as a Prometheus label value.
     pub fn label(&self) -> &'static str {
         match self {
+            SkipReason::OwnRegistration => "own_registration",
             SkipReason::NotUtf8 => "not_utf8",
             SkipReason::Oversized => "oversized",
             SkipReason::InvalidJson => "invalid_json",
@@ -126,6 +130,7 @@ impl fmt::Display for SkipReason {
                 "the value's name, version or addr differs from the key, so a Resolver would never delete it; register the value under the key BuildRegPath builds from it"
             }
             SkipReason::NegativeWeight => "the weight is negative; register a weight of 0 or more",
+            SkipReason::OwnRegistration => "this bridge wrote it back from an EtcdRegistration; it is not imported again (--import-own-registrations=true changes that)",
         })
     }
 }
@@ -281,6 +286,23 @@ pub fn reg_key(prefix: &str, name: &str, version: &str, addr: &str) -> String {
 /// string fields (in key order, as Go marshals a map). Extra keys that Go's decoder would read
 /// as one of the four fields (it matches names case-insensitively) are left out, since they
 /// would override the real field for every Resolver.
+/// The extra JSON field that marks a value written back by etcd-bridge: `{instance}/{namespace}/{name}`
+/// of the EtcdRegistration. Go's encoding/json ignores it, so seed Resolvers read the value as usual.
+pub const OWNER_FIELD: &str = "etcd-bridge.io/owner";
+
+/// The owner marker of a value, if it has one.
+pub fn owner_of(value: &[u8]) -> Option<String> {
+    // Most values have no marker: skip the JSON parse for them.
+    if !value
+        .windows(OWNER_FIELD.len())
+        .any(|w| w == OWNER_FIELD.as_bytes())
+    {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    v.get(OWNER_FIELD)?.as_str().map(str::to_owned)
+}
+
 pub fn encode_value(
     name: &str,
     version: &str,

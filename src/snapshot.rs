@@ -32,6 +32,9 @@ impl Change {
 pub struct Snapshot {
     prefixes: Vec<String>,
     aggregate: bool,
+    /// `{instance}/`: values whose owner marker starts with it were written back by this bridge
+    /// and are not imported (no feedback loop). `None` imports them too.
+    skip_owner: Option<String>,
     entries: BTreeMap<Box<str>, Entry>,
     /// Valid registrations per target: a target exists while its count is above zero.
     targets: BTreeMap<Target, u32>,
@@ -42,9 +45,16 @@ impl Snapshot {
         Snapshot {
             prefixes,
             aggregate,
+            skip_owner: None,
             entries: BTreeMap::new(),
             targets: BTreeMap::new(),
         }
+    }
+
+    /// Skips the values this bridge instance wrote back.
+    pub fn skip_own(mut self, instance: &str) -> Self {
+        self.skip_owner = Some(format!("{instance}/"));
+        self
     }
 
     fn prefix_of(&self, key: &str) -> Option<&str> {
@@ -91,7 +101,12 @@ impl Snapshot {
         let Some(prefix) = self.prefix_of(key_str) else {
             return Change::default();
         };
+        let own = self
+            .skip_owner
+            .as_deref()
+            .is_some_and(|mine| registry::owner_of(value).is_some_and(|o| o.starts_with(mine)));
         let entry = match registry::parse(prefix, key, value) {
+            Ok(_) if own => Entry::Skipped(SkipReason::OwnRegistration),
             Ok(reg) => Entry::Valid(reg),
             Err(reason) => Entry::Skipped(reason),
         };
@@ -272,6 +287,16 @@ mod tests {
         assert_eq!(bad.newly_skipped.len(), 1);
         assert!(s.put(b"/a/10.0.0.2", b"{not json").newly_skipped.is_empty());
         assert_eq!(s.counts(), (1, 1));
+    }
+
+    #[test]
+    fn own_write_backs_are_not_imported() {
+        let mut s = Snapshot::new(vec!["/".into()], false).skip_own("default");
+        let own = br#"{"name":"a","addr":"10.0.0.1:1","version":"v1","weight":1,"etcd-bridge.io/owner":"default/ns/reg"}"#;
+        let c = s.put(b"/a/v1/10.0.0.1:1", own);
+        assert_eq!(c.newly_skipped[0].1, SkipReason::OwnRegistration);
+        let other = br#"{"name":"a","addr":"10.0.0.2:1","version":"v1","weight":1,"etcd-bridge.io/owner":"other/ns/reg"}"#;
+        assert!(!s.put(b"/a/v1/10.0.0.2:1", other).targets.is_empty());
     }
 
     #[test]

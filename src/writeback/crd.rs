@@ -56,7 +56,10 @@ pub struct EtcdRegistrationSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[schemars(transparent)]
 pub struct Address(
-    #[schemars(length(min = 3, max = 261), regex(pattern = r"^[^/\s\x00-\x1f\x7f]+:[0-9]{1,5}$"))]
+    #[schemars(
+        length(min = 3, max = 261),
+        regex(pattern = r"^[^/\s\x00-\x1f\x7f]+:[0-9]{1,5}$")
+    )]
     pub String,
 );
 
@@ -125,12 +128,16 @@ mod tests {
 
     #[test]
     fn weight_defaults_to_one_and_the_schema_has_the_rules() {
-        let spec: EtcdRegistrationSpec =
-            serde_json::from_value(serde_json::json!({"service": "greeter", "addresses": ["10.0.0.1:80"]}))
-                .unwrap();
+        let spec: EtcdRegistrationSpec = serde_json::from_value(
+            serde_json::json!({"service": "greeter", "addresses": ["10.0.0.1:80"]}),
+        )
+        .unwrap();
         assert_eq!(spec.weight, 1);
         let yaml = crd_yaml();
-        assert!(yaml.contains("has(self.addresses) != has(self.serviceRef)"), "{yaml}");
+        assert!(
+            yaml.contains("has(self.addresses) != has(self.serviceRef)"),
+            "{yaml}"
+        );
         assert!(yaml.contains("etcdreg"));
         assert!(yaml.contains("pattern"));
     }

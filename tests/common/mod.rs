@@ -38,11 +38,48 @@ subjects:
 - {kind: ServiceAccount, name: etcd-bridge}
 "#;
 
+/// The cluster-wide rights write-back adds to [`BRIDGE_ROLE`], bound to the ServiceAccount
+/// `etcd-bridge` of `{namespace}`. `{namespace}` is replaced by the caller.
+pub const WRITEBACK_CLUSTER_ROLE: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "etcd-bridge-writeback-{namespace}"}
+rules:
+- apiGroups: [etcd-bridge.io]
+  resources: [etcdregistrations]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [etcd-bridge.io]
+  resources: [etcdregistrations/status]
+  verbs: [get, patch, update]
+- apiGroups: [etcd-bridge.io]
+  resources: [etcdregistrations/finalizers]
+  verbs: [update]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "etcd-bridge-writeback-{namespace}"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "etcd-bridge-writeback-{namespace}"}
+subjects:
+- {kind: ServiceAccount, name: etcd-bridge, namespace: "{namespace}"}
+"#;
+
 /// One test's corner of the shared test bed: its own namespace and etcd prefix.
 pub struct Scope {
     pub bed: &'static TestBed,
     pub namespace: String,
     pub prefix: String,
+    /// The registry etcd this scope's bridge reads and its [`Scope::etcd`] client writes: the
+    /// shared one, or a private one given to [`Scope::with_registry`].
+    pub registry_endpoint: String,
 }
 
 impl Scope {
@@ -59,7 +96,17 @@ impl Scope {
         Scope {
             bed,
             prefix: format!("/{namespace}/"),
+            registry_endpoint: bed.registry.endpoint(),
             namespace,
+        }
+    }
+
+    /// Like [`Scope::new`] (a namespace of the shared control plane), but with a private
+    /// registry etcd at `endpoint`, e.g. one the test stops or restarts.
+    pub fn with_registry(base: &str, endpoint: &str) -> Scope {
+        Scope {
+            registry_endpoint: endpoint.to_string(),
+            ..Scope::new(base)
         }
     }
 
@@ -86,8 +133,24 @@ impl Scope {
             .expect("TokenRequest for the bridge's ServiceAccount")
     }
 
+    /// Installs the EtcdRegistration CRD (idempotent) and returns a kubeconfig for the bridge's
+    /// ServiceAccount with [`BRIDGE_ROLE`] plus [`WRITEBACK_CLUSTER_ROLE`].
+    pub fn writeback_kubeconfig(&self) -> PathBuf {
+        install_crd(self.bed);
+        self.apply(BRIDGE_ROLE);
+        self.apply(&WRITEBACK_CLUSTER_ROLE.replace("{namespace}", &self.namespace));
+        let path = self
+            .bed
+            .dir
+            .join(format!("{}-wb.kubeconfig", self.namespace));
+        self.bed
+            .cluster
+            .service_account_kubeconfig(&self.namespace, "etcd-bridge", &path)
+            .expect("TokenRequest for the bridge's ServiceAccount")
+    }
+
     pub async fn etcd(&self) -> Etcd {
-        Etcd::connect([self.bed.registry.endpoint()], None)
+        Etcd::connect([self.registry_endpoint.as_str()], None)
             .await
             .expect("connect to the registry etcd")
     }
@@ -113,6 +176,31 @@ impl Scope {
     pub fn bridge(&self, kubeconfig: &Path, extra: &[&str]) -> Bridge {
         Bridge::start(self, kubeconfig, extra)
     }
+}
+
+/// Applies the generated CRD from `crds/` and waits until it is served.
+pub fn install_crd(bed: &TestBed) {
+    let crd =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/etcdregistrations.etcd-bridge.io.yaml");
+    let out = bed
+        .cluster
+        .kubectl(&["apply", "--server-side", "-f", &crd.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "apply the CRD: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bed.cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/etcdregistrations.etcd-bridge.io",
+    ]);
+    assert!(
+        out.status.success(),
+        "CRD not established: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The value the seed's Go `Register` writes: `json.Marshal(Server{...})`.
@@ -178,20 +266,41 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn start(scope: &Scope, kubeconfig: &Path, extra: &[&str]) -> Bridge {
+        Bridge::start_with(
+            &BridgeTarget {
+                dir: &scope.bed.dir,
+                etcd_endpoint: &scope.registry_endpoint,
+                prefix: &scope.prefix,
+                namespace: &scope.namespace,
+                kubeconfig,
+            },
+            extra,
+        )
+    }
+
+    /// Starts `etcd-bridge run` on any etcd and cluster (e.g. a private test bed). Leases last
+    /// 4 s unless `extra` sets `--lease-duration`.
+    pub fn start_with(target: &BridgeTarget, extra: &[&str]) -> Bridge {
         let http_port = etcd_bridge_testbed::process::free_port();
-        let log = scope
-            .bed
+        let log = target
             .dir
-            .join(format!("bridge-{}-{http_port}.log", scope.namespace));
+            .join(format!("bridge-{}-{http_port}.log", target.namespace));
         let mut args = vec![
             "run".to_string(),
-            format!("--etcd-endpoints={}", scope.bed.registry.endpoint()),
-            format!("--prefix={}", scope.prefix),
-            format!("--namespace={}", scope.namespace),
-            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--etcd-endpoints={}", target.etcd_endpoint),
+            format!("--prefix={}", target.prefix),
+            format!("--namespace={}", target.namespace),
+            format!("--kubeconfig={}", target.kubeconfig.display()),
             format!("--listen=127.0.0.1:{http_port}"),
-            "--lease-duration=4s".into(),
         ];
+        if !extra.iter().any(|a| a.starts_with("--lease-duration")) {
+            args.push("--lease-duration=4s".into());
+        }
+        // Import tests run without write-back unless they ask for it (its CRD and ClusterRole
+        // are the write-back tests' business).
+        if !extra.iter().any(|a| a.starts_with("--writeback=")) {
+            args.push("--writeback=false".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(
             "etcd-bridge",
@@ -248,5 +357,122 @@ impl Bridge {
 
     pub fn log(&self) -> String {
         self.proc.log_tail(80)
+    }
+}
+
+/// Where [`Bridge::start_with`] points a bridge: any registry etcd, prefix, namespace and
+/// kubeconfig, with its log under `dir`.
+pub struct BridgeTarget<'a> {
+    pub dir: &'a Path,
+    pub etcd_endpoint: &'a str,
+    pub prefix: &'a str,
+    pub namespace: &'a str,
+    pub kubeconfig: &'a Path,
+}
+
+/// The ServiceAccount user a bridge run with [`Scope::bridge_kubeconfig`] has in the audit log.
+pub fn bridge_user(namespace: &str) -> String {
+    format!("system:serviceaccount:{namespace}:etcd-bridge")
+}
+
+/// One write request from the control plane's audit log.
+#[derive(Debug, Clone)]
+pub struct AuditWrite {
+    pub verb: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub user: String,
+    pub user_agent: String,
+    pub code: i64,
+}
+
+/// How many lines the audit log at `path` has now: a mark to read [`audit_writes`] from.
+pub fn audit_mark(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Every write in the audit log at `path` after line `from` (an [`audit_mark`]) in `namespace`.
+/// Each request is logged once, at the ResponseComplete stage (RequestReceived is omitted).
+pub fn audit_writes(path: &Path, from: usize, namespace: &str) -> Vec<AuditWrite> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .skip(from)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .map(|e| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            AuditWrite {
+                verb: s(&e["verb"]),
+                resource: s(&e["objectRef"]["resource"]),
+                namespace: s(&e["objectRef"]["namespace"]),
+                name: s(&e["objectRef"]["name"]),
+                user: s(&e["user"]["username"]),
+                user_agent: s(&e["userAgent"]),
+                code: e["responseStatus"]["code"].as_i64().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The writes among `writes` that change Services or EndpointSlices (not Leases, not Events).
+pub fn object_writes(writes: &[AuditWrite]) -> Vec<AuditWrite> {
+    writes
+        .iter()
+        .filter(|w| matches!(w.resource.as_str(), "services" | "endpointslices"))
+        .filter(|w| matches!(w.verb.as_str(), "create" | "update" | "patch" | "delete"))
+        .cloned()
+        .collect()
+}
+
+/// Runs `etcd-bridge preview` on `etcd_endpoint` and `prefix`; returns (success, stdout, stderr).
+pub fn preview(etcd_endpoint: &str, prefix: &str, extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-bridge"))
+        .arg("preview")
+        .arg(format!("--etcd-endpoints={etcd_endpoint}"))
+        .arg(format!("--prefix={prefix}"))
+        .args(extra)
+        .output()
+        .expect("run etcd-bridge preview");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Bridge {
+    /// Waits until this bridge reports itself the leader (`etcd_bridge_leader 1`).
+    pub async fn leading(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.metric("etcd_bridge_leader") == Some(1.0) {
+                return;
+            }
+            assert!(
+                self.proc.is_running(),
+                "etcd-bridge exited\n{}",
+                self.proc.log_tail(60)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "etcd-bridge not the leader after {timeout:?}\n{}",
+                self.proc.log_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the bridge with SIGTERM (SIGKILL after 10 s) and waits for it to exit.
+    pub fn stop(&mut self) {
+        self.proc.stop(Duration::from_secs(10));
+    }
+
+    /// The whole log of this bridge.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 }

@@ -1,0 +1,259 @@
+//! What an EtcdRegistration asks for in etcd, and the conditions that report how it went. Pure.
+
+use crate::registry::{self, OWNER_FIELD};
+use crate::writeback::crd::EtcdRegistrationSpec;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// One key the bridge keeps in etcd for an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredKey {
+    pub key: String,
+    pub value: String,
+}
+
+/// The owner marker of the object `namespace/name` of bridge `instance`.
+pub fn owner(instance: &str, namespace: &str, name: &str) -> String {
+    format!("{instance}/{namespace}/{name}")
+}
+
+/// The keys and values, exactly as the seed's `Register` writes them, plus the owner marker and
+/// the spec's metadata as extra fields.
+pub fn keys(
+    prefix: &str,
+    owner: &str,
+    spec: &EtcdRegistrationSpec,
+    addrs: &[String],
+) -> Vec<DesiredKey> {
+    let version = spec.version.as_deref().unwrap_or("");
+    let mut extra: BTreeMap<String, String> = spec.metadata.clone().unwrap_or_default();
+    extra.insert(OWNER_FIELD.into(), owner.into());
+    let mut out: Vec<DesiredKey> = addrs
+        .iter()
+        .map(|addr| DesiredKey {
+            key: registry::reg_key(prefix, &spec.service, version, addr),
+            value: registry::encode_value(&spec.service, version, addr, spec.weight, &extra),
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.dedup_by(|a, b| a.key == b.key);
+    out
+}
+
+/// The ready endpoints of a Service's EndpointSlices on `port` (by name, or by number), as
+/// `ip:port` / `[ipv6]:port`. Terminating and not-ready endpoints are left out.
+pub fn ready_addresses(slices: &[EndpointSlice], port: &IntOrString) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in slices {
+        if s.address_type != "IPv4" && s.address_type != "IPv6" {
+            continue;
+        }
+        let Some(number) = s.ports.iter().flatten().find_map(|p| {
+            let matches = match port {
+                IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
+                IntOrString::Int(n) => p.port == Some(*n),
+            };
+            if matches { p.port } else { None }
+        }) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let c = e.conditions.clone().unwrap_or_default();
+            if !c.ready.unwrap_or(true) || c.terminating.unwrap_or(false) {
+                continue;
+            }
+            if let Some(ip) = e.addresses.first() {
+                out.push(if s.address_type == "IPv6" {
+                    format!("[{ip}]:{number}")
+                } else {
+                    format!("{ip}:{number}")
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A condition, keeping `lastTransitionTime` from `previous` when the status did not change (the
+/// API convention).
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(now);
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// Whether two condition lists say the same thing (ignoring times).
+pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    let key = |c: &Condition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+            c.observed_generation,
+        )
+    };
+    let mut x: Vec<_> = a.iter().map(key).collect();
+    let mut y: Vec<_> = b.iter().map(key).collect();
+    x.sort();
+    y.sort();
+    x == y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+
+    fn spec(version: Option<&str>) -> EtcdRegistrationSpec {
+        EtcdRegistrationSpec {
+            service: "greeter".into(),
+            version: version.map(Into::into),
+            weight: 5,
+            addresses: None,
+            service_ref: None,
+            metadata: Some(BTreeMap::from([("zone".into(), "a".into())])),
+        }
+    }
+
+    #[test]
+    fn keys_are_the_seed_format_with_the_owner_marker() {
+        let k = keys(
+            "/",
+            "default/ns/reg",
+            &spec(Some("v1")),
+            &["10.0.0.1:50051".into()],
+        );
+        assert_eq!(k[0].key, "/greeter/v1/10.0.0.1:50051");
+        assert_eq!(
+            k[0].value,
+            r#"{"name":"greeter","addr":"10.0.0.1:50051","version":"v1","weight":5,"etcd-bridge.io/owner":"default/ns/reg","zone":"a"}"#
+        );
+        assert_eq!(
+            registry::owner_of(k[0].value.as_bytes()).as_deref(),
+            Some("default/ns/reg")
+        );
+        let k = keys(
+            "/svc/",
+            "o",
+            &spec(None),
+            &["10.0.0.1:1".into(), "10.0.0.1:1".into()],
+        );
+        assert_eq!(k.len(), 1);
+        assert_eq!(k[0].key, "/svc/greeter/10.0.0.1:1");
+    }
+
+    fn slice(
+        kind: &str,
+        port_name: &str,
+        port: i32,
+        eps: &[(&str, Option<bool>)],
+    ) -> EndpointSlice {
+        EndpointSlice {
+            address_type: kind.into(),
+            ports: Some(vec![EndpointPort {
+                name: Some(port_name.into()),
+                port: Some(port),
+                ..Default::default()
+            }]),
+            endpoints: eps
+                .iter()
+                .map(|(ip, ready)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ready_addresses_follow_the_port_and_readiness() {
+        let slices = vec![
+            slice(
+                "IPv4",
+                "grpc",
+                8080,
+                &[
+                    ("10.0.0.1", Some(true)),
+                    ("10.0.0.2", Some(false)),
+                    ("10.0.0.3", None),
+                ],
+            ),
+            slice("IPv6", "grpc", 8080, &[("fd00::1", Some(true))]),
+            slice("IPv4", "metrics", 9090, &[("10.0.0.9", Some(true))]),
+            slice("FQDN", "grpc", 8080, &[("example.com", Some(true))]),
+        ];
+        assert_eq!(
+            ready_addresses(&slices, &IntOrString::String("grpc".into())),
+            ["10.0.0.1:8080", "10.0.0.3:8080", "[fd00::1]:8080"]
+        );
+        assert_eq!(
+            ready_addresses(&slices, &IntOrString::Int(9090)),
+            ["10.0.0.9:9090"]
+        );
+        assert!(ready_addresses(&slices, &IntOrString::Int(1)).is_empty());
+    }
+
+    #[test]
+    fn condition_keeps_its_transition_time_while_the_status_holds() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1).unwrap());
+        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2).unwrap());
+        let c = condition(
+            &[],
+            "Ready",
+            true,
+            "Registered",
+            "ok".into(),
+            Some(1),
+            t0.clone(),
+        );
+        let again = condition(
+            std::slice::from_ref(&c),
+            "Ready",
+            true,
+            "Registered",
+            "ok".into(),
+            Some(2),
+            t1.clone(),
+        );
+        assert_eq!(again.last_transition_time, t0);
+        let flipped = condition(
+            &[c],
+            "Ready",
+            false,
+            "Conflict",
+            "no".into(),
+            Some(2),
+            t1.clone(),
+        );
+        assert_eq!(flipped.last_transition_time, t1);
+    }
+}
