@@ -534,3 +534,108 @@ async fn killing_the_only_bridge_lets_its_keys_expire_within_the_ttl() {
     );
     assert!(keys_under(&mut etcd, &scope.prefix).await.is_empty());
 }
+
+#[tokio::test]
+async fn after_etcd_loses_its_data_the_keys_are_put_again() {
+    let dir = etcd_bridge_testbed::scratch_dir("wb-etcd");
+    let mut registry =
+        etcd_bridge_testbed::Etcd::start(&dir, "registry", &[]).expect("start a private etcd");
+    let scope = Scope::with_registry("wb-etcd", &registry.endpoint());
+    let _bridge = bridge(&scope, &["--writeback-lease-ttl=6s"]).await;
+    scope.apply(&registration(
+        "svc",
+        r#"{service: svc, version: v1, addresses: ["10.13.0.1:80"]}"#,
+    ));
+    let key = format!("{}svc/v1/10.13.0.1:80", scope.prefix);
+    let etcd = scope.etcd().await;
+    eventually("registered", WAIT, || {
+        let (mut etcd, key) = (etcd.clone(), key.clone());
+        async move { value(&mut etcd, &key).await }
+    })
+    .await;
+
+    // Restarted with its data: the key and the lease survive.
+    registry.restart().expect("restart etcd");
+    let mut etcd = scope.etcd().await;
+    eventually("still there after a restart", WAIT, || {
+        let (mut etcd, key) = (etcd.clone(), key.clone());
+        async move { value(&mut etcd, &key).await }
+    })
+    .await;
+
+    // Restarted empty: the lease is gone too; the bridge grants a new one and puts the key again.
+    registry.restart_empty().expect("restart etcd empty");
+    let mut fresh = scope.etcd().await;
+    assert!(
+        value(&mut fresh, &key).await.is_none(),
+        "the restart really lost the key"
+    );
+    let v = eventually("put again", WAIT, || {
+        let (mut etcd, key) = (fresh.clone(), key.clone());
+        async move { value(&mut etcd, &key).await }
+    })
+    .await;
+    assert!(
+        v.starts_with(r#"{"name":"svc","addr":"10.13.0.1:80","version":"v1","weight":1"#),
+        "{v}"
+    );
+    let lease = fresh.get(key.as_str(), None).await.unwrap().kvs()[0].lease();
+    assert_ne!(lease, 0);
+    let _ = etcd.status().await;
+}
+
+#[tokio::test]
+async fn weight_patches_reach_etcd_one_by_one() {
+    let scope = Scope::new("wb-latency");
+    let _bridge = bridge(&scope, &[]).await;
+    scope.apply(&registration(
+        "svc",
+        r#"{service: svc, addresses: ["10.14.0.1:80"]}"#,
+    ));
+    let key = format!("{}svc/10.14.0.1:80", scope.prefix);
+    let mut etcd = scope.etcd().await;
+    eventually("registered", WAIT, || {
+        let (mut etcd, key) = (etcd.clone(), key.clone());
+        async move { value(&mut etcd, &key).await }
+    })
+    .await;
+    // Watch the key, then patch the weight N times; each value must arrive, in order.
+    let mut stream = etcd.watch(key.as_str(), None).await.unwrap();
+    let regs: kube::Api<etcd_bridge::writeback::crd::EtcdRegistration> =
+        kube::Api::namespaced(scope.kube().await, &scope.namespace);
+    let mut latencies = Vec::new();
+    for w in 2..42 {
+        let t = Instant::now();
+        let patch = serde_json::json!({"spec": {"weight": w}});
+        regs.patch(
+            "svc",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch the weight");
+        let want = format!(r#""weight":{w},"#);
+        loop {
+            let resp = tokio::time::timeout(WAIT, stream.message())
+                .await
+                .expect("a watch event")
+                .unwrap()
+                .unwrap();
+            if resp.events().iter().any(|e| {
+                e.kv()
+                    .is_some_and(|kv| String::from_utf8_lossy(kv.value()).contains(&want))
+            }) {
+                break;
+            }
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "CR weight patch -> etcd value: p50 {:?} p99 {:?} over {}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies.len()
+    );
+    assert_eq!(latencies.len(), 40);
+}

@@ -124,6 +124,15 @@ impl Etcd {
         self.launch()
     }
 
+    /// Starts etcd again on the same ports with NO data: every key and lease is gone, as after a
+    /// lost disk or a restore from an old backup.
+    pub fn restart_empty(&mut self) -> Result<(), String> {
+        self.stop();
+        let data = self.dir.join("data");
+        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        self.launch()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         crate::process::log_tail(&self.dir.join("etcd.log"), lines)
     }
