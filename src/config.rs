@@ -124,10 +124,14 @@ pub struct RunArgs {
     /// This replica's identity in the Lease; defaults to the pod name (POD_NAME) or host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// How long changes are gathered before they are written: a burst to one Service costs one
-    /// write per object, not one per change.
+    /// Coalescing of writes: a change after this much quiet is written at once; changes closer
+    /// together are a burst, written when it pauses this long (or after --coalesce-max), so a
+    /// burst to one Service costs one write per object, not one per change.
     #[arg(long, env = "ETCD_BRIDGE_COALESCE", value_parser = humantime, default_value = "10ms")]
     pub coalesce: Duration,
+    /// The longest a burst holds its writes back.
+    #[arg(long, env = "ETCD_BRIDGE_COALESCE_MAX", value_parser = humantime, default_value = "1s")]
+    pub coalesce_max: Duration,
     /// How often every Service is checked against the cluster, repairing drift (someone deleted a
     /// slice by hand).
     #[arg(long, env = "ETCD_BRIDGE_RESYNC_INTERVAL", value_parser = humantime, default_value = "5m")]

@@ -170,6 +170,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.projection.projection_config(),
         Tuning {
             coalesce: args.coalesce,
+            coalesce_max: args.coalesce_max,
             resync: args.resync_interval,
             max_delete_ratio: args.max_delete_ratio,
             mass_delete_min: args.mass_delete_min,

@@ -10,7 +10,7 @@ use crate::diff::{self, SliceChange};
 use crate::error::Result;
 use crate::etcd::{KvEvent, Update};
 use crate::http::Health;
-use crate::k8s::view::is_owned;
+use crate::k8s::view::{SliceIndex, is_owned};
 use crate::k8s::{ObjectEvent, Writer};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels, StateLabels};
 use crate::naming;
@@ -34,8 +34,11 @@ const CONCURRENCY: usize = 16;
 
 /// When and how much the reconciler writes.
 pub struct Tuning {
-    /// How long changes gather before a flush.
+    /// A change after this much quiet is written at once; changes closer together than this are
+    /// a burst, gathered until it pauses for this long ...
     pub coalesce: Duration,
+    /// ... or for at most this long.
+    pub coalesce_max: Duration,
     /// How often etcd is read again and every Service checked against the cluster (drift repair).
     pub resync: Duration,
     /// Mass-deletion guard: the share of all projected endpoints one flush may remove.
@@ -60,6 +63,10 @@ pub struct Reconciler {
     /// When the oldest unflushed etcd event arrived, for the sync-latency metric.
     oldest_event: Option<Instant>,
     dirty_since: Option<Instant>,
+    /// When the last change arrived, and whether the pending ones started after a quiet spell
+    /// (then they are written at once: an isolated change costs no waiting).
+    last_change: Option<Instant>,
+    leading: bool,
     listed: BTreeSet<String>,
     etcd_up: BTreeMap<String, bool>,
     cluster_ready: bool,
@@ -107,6 +114,8 @@ impl Reconciler {
             targets_changed: false,
             oldest_event: None,
             dirty_since: None,
+            last_change: None,
+            leading: false,
             listed: BTreeSet::new(),
             etcd_up: BTreeMap::new(),
             cluster_ready: false,
@@ -197,7 +206,7 @@ impl Reconciler {
             self.targets_changed = true;
         }
         if !change.targets.is_empty() {
-            self.dirty_since.get_or_insert_with(Instant::now);
+            self.mark_dirty();
         }
         self.dirty_targets.extend(change.targets);
     }
@@ -210,7 +219,7 @@ impl Reconciler {
             // when nothing needs doing, and repairs drift when something does.
             ObjectEvent::Touched(name) => {
                 if self.synced {
-                    self.dirty_since.get_or_insert_with(Instant::now);
+                    self.mark_dirty_by(false);
                     self.dirty_names.insert(name);
                 }
             }
@@ -224,20 +233,52 @@ impl Reconciler {
         self.synced = false;
     }
 
+    /// Notes that something needs writing, for the coalescing of [`next_flush`](Self::next_flush).
+    fn mark_dirty(&mut self) {
+        self.mark_dirty_by(true);
+    }
+
+    /// `change`: false for the cluster's echoes of our own writes, which must not make the next
+    /// real change look like part of a burst.
+    fn mark_dirty_by(&mut self, change: bool) {
+        let now = Instant::now();
+        if !change {
+            self.dirty_since.get_or_insert(now);
+            return;
+        }
+        let quiet = self
+            .last_change
+            .is_none_or(|t| now.duration_since(t) > self.tuning.coalesce);
+        if self.dirty_since.is_none() {
+            self.dirty_since = Some(now);
+            self.leading = quiet;
+        } else if quiet {
+            self.leading = true;
+        }
+        self.last_change = Some(now);
+    }
+
     /// Whether the cache is complete and the cluster view is listed.
     fn can_sync(&self) -> bool {
         self.all_listed() && self.cluster_ready
     }
 
     /// When the next flush is due, if one is.
-    pub fn next_flush(&self, coalesce: Duration) -> Option<Instant> {
+    pub fn next_flush(&self) -> Option<Instant> {
         if !self.can_sync() || !self.leader {
             return None;
         }
         if !self.synced {
             return Some(Instant::now());
         }
-        let due = self.dirty_since.map(|t| t + coalesce);
+        let due = self.dirty_since.map(|since| {
+            if self.leading {
+                since
+            } else {
+                let quiet = self.last_change.unwrap_or(since) + self.tuning.coalesce;
+                quiet.min(since + self.tuning.coalesce_max)
+            }
+        });
         match (due, self.retry_at) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, None) => a,
@@ -300,13 +341,15 @@ impl Reconciler {
             }
         }
         let mut names = std::mem::take(&mut self.dirty_names);
-        self.guard_deletions(writer, &mut names);
+        let index = writer.view().slice_index();
+        self.guard_deletions(writer, &index, &mut names);
         let oldest = self.oldest_event.take();
         self.dirty_since = None;
         let this = &*self;
+        let index = &index;
         let results: Vec<(String, Result<bool>)> = futures::stream::iter(names)
             .map(|name| async move {
-                let r = this.sync_service(writer, &name).await;
+                let r = this.sync_service(writer, index, &name).await;
                 (name, r)
             })
             .buffer_unordered(CONCURRENCY)
@@ -331,7 +374,7 @@ impl Reconciler {
         if failed > 0 {
             let wait = self.retry.next_delay();
             self.retry_at = Some(Instant::now() + wait);
-            self.dirty_since.get_or_insert_with(Instant::now);
+            self.mark_dirty();
             tracing::warn!(failed, retry_in = ?wait, "some Services could not be synced; nothing was deleted for them");
         } else {
             self.retry.reset();
@@ -348,7 +391,7 @@ impl Reconciler {
     }
 
     /// The endpoints (ip, port) of `name` in the cluster that the registry no longer has.
-    fn removals(&self, writer: &Writer, name: &str) -> usize {
+    fn removals(&self, writer: &Writer, index: &SliceIndex, name: &str) -> usize {
         let wanted: BTreeSet<(std::net::IpAddr, u16)> = self
             .by_name
             .get(name)
@@ -361,7 +404,7 @@ impl Reconciler {
             .unwrap_or_default();
         writer
             .view()
-            .slices_of(name)
+            .slices_of(index, name)
             .iter()
             .filter_map(|s| slicing::from_object(s))
             .flat_map(|p| {
@@ -375,7 +418,12 @@ impl Reconciler {
     /// The mass-deletion guard. When this flush would remove more than `max_delete_ratio` of all
     /// projected endpoints (and at least `mass_delete_min`), the Services losing endpoints are
     /// held out of it until a consistent read of etcd, `delete_confirm_delay` later, confirms.
-    fn guard_deletions(&mut self, writer: &Writer, names: &mut BTreeSet<String>) {
+    fn guard_deletions(
+        &mut self,
+        writer: &Writer,
+        index: &SliceIndex,
+        names: &mut BTreeSet<String>,
+    ) {
         if self.deletions_confirmed {
             self.deletions_confirmed = false;
             self.held.clear();
@@ -385,7 +433,7 @@ impl Reconciler {
         names.extend(std::mem::take(&mut self.held));
         let losing: Vec<(String, usize)> = names
             .iter()
-            .map(|n| (n.clone(), self.removals(writer, n)))
+            .map(|n| (n.clone(), self.removals(writer, index, n)))
             .filter(|(_, r)| *r > 0)
             .collect();
         let removed: usize = losing.iter().map(|(_, r)| r).sum();
@@ -445,7 +493,7 @@ impl Reconciler {
                 self.confirm_at = None;
                 self.deletions_confirmed = true;
                 self.dirty_names.extend(self.held.iter().cloned());
-                self.dirty_since.get_or_insert_with(Instant::now);
+                self.mark_dirty();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "mass-deletion guard: cannot read etcd to confirm; still holding");
@@ -464,7 +512,7 @@ impl Reconciler {
 
     /// Brings one Service and its slices to what the registry says. Returns whether anything
     /// was written.
-    async fn sync_service(&self, writer: &Writer, name: &str) -> Result<bool> {
+    async fn sync_service(&self, writer: &Writer, index: &SliceIndex, name: &str) -> Result<bool> {
         let view = writer.view();
         let want = self.by_name.get(name).and_then(|t| {
             let groups = projection::group(self.snapshot.registrations(t));
@@ -523,7 +571,7 @@ impl Reconciler {
             }
         };
         let actual: Vec<EndpointSlice> = view
-            .slices_of(name)
+            .slices_of(index, name)
             .into_iter()
             .map(|s| (*s).clone())
             .collect();
@@ -579,7 +627,7 @@ pub async fn run(
     resync_tick.tick().await;
     loop {
         reconciler.update_readiness();
-        let due = reconciler.next_flush(reconciler.tuning.coalesce);
+        let due = reconciler.next_flush();
         let confirm = reconciler.confirm_at.filter(|_| reconciler.leader);
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -92,6 +92,9 @@ impl<K: Resource + Clone> Overlay<K> {
     }
 }
 
+/// Service name → names of its EndpointSlices.
+pub struct SliceIndex(HashMap<String, Vec<String>>);
+
 pub struct ClusterView {
     namespace: String,
     instance: String,
@@ -200,30 +203,47 @@ impl ClusterView {
             .collect()
     }
 
-    /// This instance's EndpointSlices of the Service `service`.
-    pub fn slices_of(&self, service: &str) -> Vec<Arc<EndpointSlice>> {
-        let belongs = |s: &EndpointSlice| {
-            s.labels()
-                .get(labels::SERVICE_NAME)
-                .is_some_and(|v| v == service)
+    /// Which slices belong to which Service, in one pass over the store and our recent writes
+    /// (a flush looks up many Services; scanning the store for each would be quadratic).
+    pub fn slice_index(&self) -> SliceIndex {
+        let mut index: HashMap<String, Vec<String>> = HashMap::new();
+        let mut add = |s: &EndpointSlice| {
+            if let Some(svc) = s.labels().get(labels::SERVICE_NAME) {
+                index.entry(svc.clone()).or_default().push(s.name_any());
+            }
         };
-        let mut names: Vec<String> = self
-            .slices
-            .state()
-            .iter()
-            .filter(|s| belongs(s))
-            .map(|s| s.name_any())
-            .collect();
-        names.extend(self.written_slices.names());
-        names.sort();
-        names.dedup();
-        names
+        for s in self.slices.state() {
+            add(&s);
+        }
+        for n in self.written_slices.names() {
+            let stored = self.slices.get(&ObjectRef::new(&n).within(&self.namespace));
+            if let Some(s) = self.written_slices.merge(&n, stored) {
+                add(&s);
+            }
+        }
+        for names in index.values_mut() {
+            names.sort();
+            names.dedup();
+        }
+        SliceIndex(index)
+    }
+
+    /// This instance's EndpointSlices of the Service `service`.
+    pub fn slices_of(&self, index: &SliceIndex, service: &str) -> Vec<Arc<EndpointSlice>> {
+        index
+            .0
+            .get(service)
             .into_iter()
+            .flatten()
             .filter_map(|n| {
-                let stored = self.slices.get(&ObjectRef::new(&n).within(&self.namespace));
-                self.written_slices.merge(&n, stored)
+                let stored = self.slices.get(&ObjectRef::new(n).within(&self.namespace));
+                self.written_slices.merge(n, stored)
             })
-            .filter(|s| belongs(s))
+            .filter(|s| {
+                s.labels()
+                    .get(labels::SERVICE_NAME)
+                    .is_some_and(|v| v == service)
+            })
             .collect()
     }
 
