@@ -1,21 +1,20 @@
 //! Leader election over a coordination.k8s.io Lease (kube-lease-manager). Every replica watches
 //! etcd and the cluster; only the holder of the Lease writes.
 
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Leadership as a watch channel. Dropping the receiver releases the Lease (graceful shutdown:
+/// Leadership as a watch channel. [`Leadership::release`] gives the Lease up (graceful shutdown:
 /// the standby takes over at once instead of waiting out the Lease).
 pub struct Leadership {
     pub is_leader: watch::Receiver<bool>,
     /// Holds the channel open when there is no election.
     _always: Option<watch::Sender<bool>>,
-    task: Option<
-        tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
-    >,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Leadership {
@@ -52,7 +51,11 @@ impl Leadership {
                     "leader election on Lease {namespace}/{name}: {e}; the bridge's ServiceAccount needs get, create and patch on coordination.k8s.io leases in {namespace}"
                 ))
             })?;
-        let (is_leader, task) = manager.watch().await;
+        let (tx, is_leader) = watch::channel(false);
+        // A standby re-reads the Lease this often: kube-lease-manager alone would wait until the
+        // expiry it last saw, so a Lease released on SIGTERM would still cost a whole duration.
+        let poll = Duration::from_millis(500).min(duration / 4);
+        let task = tokio::spawn(campaign(manager, tx, poll));
         Ok(Leadership {
             is_leader,
             _always: None,
@@ -66,16 +69,48 @@ impl Leadership {
             is_leader, task, ..
         } = self;
         drop(is_leader);
-        if let Some(task) = task {
-            match tokio::time::timeout(Duration::from_secs(5), task).await {
-                Ok(Ok(Ok(_))) => tracing::info!("leadership released"),
-                Ok(Ok(Err(e))) => {
-                    tracing::warn!(error = %e, "releasing the Lease failed; the standby takes over when it expires")
+        if let Some(task) = task
+            && tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("releasing the Lease timed out; the standby takes over when it expires");
+        }
+    }
+}
+
+/// Holds or waits for the Lease until every receiver is gone, then releases it.
+async fn campaign(manager: LeaseManager, tx: watch::Sender<bool>, poll: Duration) {
+    let mut leader = false;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            biased;
+            _ = tx.closed() => {
+                match manager.release().await {
+                    Ok(()) => tracing::info!("leadership released"),
+                    Err(e) => tracing::warn!(error = %e, "releasing the Lease failed; the standby takes over when it expires"),
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "leader election task failed"),
-                Err(_) => tracing::warn!(
-                    "releasing the Lease timed out; the standby takes over when it expires"
-                ),
+                return;
+            }
+            r = manager.changed() => match r {
+                Ok(state) => {
+                    leader = state;
+                    backoff.reset();
+                    if tx.send(state).is_err() {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "leader election: cannot reach the Lease");
+                    tokio::time::sleep(wait).await;
+                }
+            },
+            // For a non-holder, release() writes nothing and re-reads the Lease; the next
+            // changed() then sees a released Lease at once.
+            _ = tokio::time::sleep(poll), if !leader => {
+                let _ = manager.release().await;
             }
         }
     }

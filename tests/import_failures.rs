@@ -1,0 +1,475 @@
+//! The import under failure, each test with private components it may stop: etcd restarted or
+//! gone, a watch that fell behind a compaction, the apiserver down for a while, and a wiped prefix.
+
+mod common;
+
+use common::*;
+use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
+use etcd_client::{CompactionOptions, DeleteOptions, PutOptions};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_millis(2000);
+
+struct Apis {
+    services: Api<Service>,
+    slices: Api<EndpointSlice>,
+}
+
+fn apis(kube: kube::Client, namespace: &str) -> Apis {
+    Apis {
+        services: Api::namespaced(kube.clone(), namespace),
+        slices: Api::namespaced(kube, namespace),
+    }
+}
+
+async fn slices_of(api: &Api<EndpointSlice>, service: &str) -> Option<Vec<EndpointSlice>> {
+    let mut s = api
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .ok()?
+        .items;
+    s.sort_by_key(|s| s.name_any());
+    Some(s)
+}
+
+fn addresses(slices: &[EndpointSlice]) -> Vec<String> {
+    let mut a: Vec<String> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
+        .collect();
+    a.sort();
+    a
+}
+
+fn weight_of(slice: &EndpointSlice) -> String {
+    slice
+        .annotations()
+        .get("etcd-bridge.io/weight")
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn rv(obj: &impl kube::Resource) -> String {
+    obj.meta().resource_version.clone().unwrap_or_default()
+}
+
+/// Whether the Service `name` exists and its slices hold exactly `want`.
+async fn holds(apis: &Apis, name: &str, want: &[&str]) -> Option<Vec<EndpointSlice>> {
+    apis.services.get_opt(name).await.ok().flatten()?;
+    let s = slices_of(&apis.slices, name).await?;
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    (addresses(&s) == want).then_some(s)
+}
+
+async fn converged(
+    apis: &Apis,
+    name: &str,
+    want: &[&str],
+    timeout: Duration,
+) -> Vec<EndpointSlice> {
+    eventually(&format!("Service {name} holding {want:?}"), timeout, || {
+        holds(apis, name, want)
+    })
+    .await
+}
+
+async fn gone(apis: &Apis, name: &str, timeout: Duration) {
+    eventually(&format!("Service {name} deleted"), timeout, || async {
+        matches!(apis.services.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await
+}
+
+/// A private registry etcd, for a test that stops or restarts it.
+fn private_etcd(label: &str) -> EtcdServer {
+    EtcdServer::start(&scratch_dir(label), "registry", &[])
+        .unwrap_or_else(|e| panic!("the private registry etcd did not start (no skipping):\n{e}"))
+}
+
+async fn put(
+    etcd: &mut etcd_client::Client,
+    prefix: &str,
+    name: &str,
+    version: &str,
+    addr: &str,
+    weight: i64,
+) {
+    // No lease: these tests restart etcd and stop the bridge; nothing should expire meanwhile.
+    etcd.put(
+        seed_key(prefix, name, version, addr),
+        seed_value(name, version, addr, weight),
+        None,
+    )
+    .await
+    .expect("put registration");
+}
+
+#[tokio::test]
+async fn an_etcd_restart_mid_stream_converges_to_the_new_state() {
+    let mut server = private_etcd("etcd-restart");
+    let scope = Scope::with_registry("etcdrestart", &server.endpoint());
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, &[]);
+    bridge.ready(WAIT).await;
+    let apis = apis(scope.kube().await, &scope.namespace);
+    let mut etcd = scope.etcd().await;
+    put(&mut etcd, &scope.prefix, "r", "v1", "10.70.0.1:80", 1).await;
+    converged(&apis, "r-v1", &["10.70.0.1"], WAIT).await;
+
+    server
+        .restart()
+        .unwrap_or_else(|e| panic!("etcd did not restart: {e}\n{}", server.log_tail(40)));
+    let mut etcd = scope.etcd().await;
+    put(&mut etcd, &scope.prefix, "r", "v1", "10.70.0.2:80", 1).await;
+    etcd.delete(seed_key(&scope.prefix, "r", "v1", "10.70.0.1:80"), None)
+        .await
+        .unwrap();
+    converged(&apis, "r-v1", &["10.70.0.2"], WAIT).await;
+    converged(&apis, "r", &["10.70.0.2"], WAIT).await;
+    eventually("the watch re-established", WAIT, || async {
+        (bridge.metric("etcd_bridge_etcd_connected") == Some(1.0)
+            && matches!(bridge.get("/readyz"), Some((200, _))))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        bridge
+            .metric("etcd_bridge_watch_restarts_total")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "the restart broke the watch\n{}",
+        bridge.log()
+    );
+    assert!(bridge.proc.is_running(), "{}", bridge.log());
+}
+
+#[tokio::test]
+async fn while_etcd_is_unreachable_nothing_is_deleted_and_readyz_says_so() {
+    let mut server = private_etcd("etcd-down");
+    let scope = Scope::with_registry("etcddown", &server.endpoint());
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, &[]);
+    bridge.ready(WAIT).await;
+    let apis = apis(scope.kube().await, &scope.namespace);
+    let mut etcd = scope.etcd().await;
+    let p = &scope.prefix;
+    put(&mut etcd, p, "u1", "v1", "10.71.0.1:80", 1).await;
+    put(&mut etcd, p, "u1", "v1", "10.71.0.2:80", 1).await;
+    put(&mut etcd, p, "u2", "v1", "10.71.0.3:80", 2).await;
+    let want: [(&str, &[&str]); 4] = [
+        ("u1-v1", &["10.71.0.1", "10.71.0.2"]),
+        ("u1", &["10.71.0.1", "10.71.0.2"]),
+        ("u2-v1", &["10.71.0.3"]),
+        ("u2", &["10.71.0.3"]),
+    ];
+    let mut before = BTreeMap::new();
+    for (svc, ips) in want {
+        let slices = converged(&apis, svc, ips, WAIT).await;
+        let svc_rv = rv(&apis.services.get(svc).await.unwrap());
+        let slice_rvs: Vec<(String, String)> =
+            slices.iter().map(|s| (s.name_any(), rv(s))).collect();
+        before.insert(svc, (svc_rv, slice_rvs));
+    }
+    let state = || async {
+        let mut now = BTreeMap::new();
+        for (svc, _) in want {
+            let svc_rv = apis.services.get_opt(svc).await.unwrap().map(|s| rv(&s));
+            let slices = slices_of(&apis.slices, svc).await.unwrap_or_default();
+            let slice_rvs: Vec<(String, String)> =
+                slices.iter().map(|s| (s.name_any(), rv(s))).collect();
+            now.insert(svc, (svc_rv.unwrap_or_default(), slice_rvs));
+        }
+        now
+    };
+
+    server.stop();
+    eventually("/readyz 503 and etcd_connected 0", WAIT, || async {
+        (matches!(bridge.get("/readyz"), Some((503, _)))
+            && bridge.metric("etcd_bridge_etcd_connected") == Some(0.0))
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        state().await,
+        before,
+        "etcd unreachable: every Service and slice stays as it was\n{}",
+        bridge.log()
+    );
+    let (code, body) = bridge.get("/readyz").expect("/readyz answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("etcd"), "{body}");
+    assert_eq!(bridge.metric("etcd_bridge_etcd_connected"), Some(0.0));
+    assert!(bridge.proc.is_running(), "{}", bridge.log());
+
+    server
+        .restart()
+        .unwrap_or_else(|e| panic!("etcd did not start again: {e}\n{}", server.log_tail(40)));
+    bridge.ready(WAIT).await;
+    eventually("etcd_connected 1", WAIT, || async {
+        (bridge.metric("etcd_bridge_etcd_connected") == Some(1.0)).then_some(())
+    })
+    .await;
+    for (svc, ips) in want {
+        converged(&apis, svc, ips, WAIT).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(state().await, before, "nothing changed, nothing written");
+}
+
+#[tokio::test]
+async fn a_watch_behind_a_compaction_relists_and_loses_no_delete() {
+    let mut server = private_etcd("etcd-compact");
+    let scope = Scope::with_registry("compaction", &server.endpoint());
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, &[]);
+    bridge.ready(WAIT).await;
+    let apis = apis(scope.kube().await, &scope.namespace);
+    let mut etcd = scope.etcd().await;
+    let p = &scope.prefix;
+    put(&mut etcd, p, "c", "v1", "10.72.0.1:80", 1).await;
+    put(&mut etcd, p, "c", "v1", "10.72.0.2:80", 1).await;
+    converged(&apis, "c-v1", &["10.72.0.1", "10.72.0.2"], WAIT).await;
+    assert_eq!(
+        bridge.metric("etcd_bridge_compaction_relists_total"),
+        Some(0.0)
+    );
+
+    // The bridge is frozen, and its connection broken by an etcd restart, so it cannot have seen
+    // the delete: when it resumes, it watches from its old revision, which is compacted.
+    bridge.proc.signal("STOP");
+    server
+        .restart()
+        .unwrap_or_else(|e| panic!("etcd did not restart: {e}\n{}", server.log_tail(40)));
+    let mut etcd = scope.etcd().await;
+    etcd.delete(seed_key(p, "c", "v1", "10.72.0.2:80"), None)
+        .await
+        .unwrap();
+    let mut revision = 0;
+    for i in 0..50 {
+        let r = etcd
+            .put(format!("/elsewhere{p}k{i}"), "x", None)
+            .await
+            .unwrap();
+        revision = r.header().unwrap().revision();
+    }
+    etcd.compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact");
+    bridge.proc.signal("CONT");
+
+    converged(&apis, "c-v1", &["10.72.0.1"], WAIT).await;
+    converged(&apis, "c", &["10.72.0.1"], WAIT).await;
+    let relists = eventually("a compaction relist counted", WAIT, || async {
+        bridge
+            .metric("etcd_bridge_compaction_relists_total")
+            .filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert!(relists >= 1.0);
+    assert!(bridge.proc.is_running(), "{}", bridge.log());
+    bridge.ready(WAIT).await;
+}
+
+#[tokio::test]
+async fn after_an_apiserver_outage_the_bridge_converges_without_a_write_storm() {
+    let mut bed = TestBed::start("apiserver-outage")
+        .unwrap_or_else(|e| panic!("the private test bed did not start (no skipping):\n{e}"));
+    let namespace = unique("apiout");
+    let out = bed.cluster.kubectl(&["create", "namespace", &namespace]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("/{namespace}/");
+    let endpoint = bed.registry.endpoint();
+    let kubeconfig = bed.cluster.kubeconfig.clone();
+    let mut bridge = Bridge::start_with(
+        &BridgeTarget {
+            dir: &bed.dir,
+            etcd_endpoint: &endpoint,
+            prefix: &prefix,
+            namespace: &namespace,
+            kubeconfig: &kubeconfig,
+        },
+        &[],
+    );
+    bridge.ready(WAIT).await;
+    let apis = apis(bed.cluster.client().await, &namespace);
+    let mut etcd = etcd_client::Client::connect([endpoint.as_str()], None)
+        .await
+        .expect("connect to the registry etcd");
+    let p = &prefix;
+    put(&mut etcd, p, "a", "v1", "10.73.0.1:80", 1).await;
+    put(&mut etcd, p, "a", "v1", "10.73.0.2:80", 1).await;
+    put(&mut etcd, p, "b", "v1", "10.73.0.3:80", 1).await;
+    put(&mut etcd, p, "c", "v1", "10.73.0.4:80", 1).await;
+    for (svc, ips) in [
+        ("a-v1", &["10.73.0.1", "10.73.0.2"][..]),
+        ("a", &["10.73.0.1", "10.73.0.2"]),
+        ("b-v1", &["10.73.0.3"]),
+        ("b", &["10.73.0.3"]),
+        ("c-v1", &["10.73.0.4"]),
+        ("c", &["10.73.0.4"]),
+    ] {
+        converged(&apis, svc, ips, WAIT).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+
+    bed.cluster.stop_apiserver();
+    // Changes while the API is away: an endpoint added to a (its slice in a-v1 and in a), c's
+    // only endpoint gone (Services c-v1 and c deleted), b's weight 1 → 7 (in b-v1 and in b, a
+    // weight-7 slice created and the weight-1 slice deleted): 8 objects to write.
+    let changed_objects = 8;
+    put(&mut etcd, p, "a", "v1", "10.73.0.5:80", 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    etcd.delete(seed_key(p, "c", "v1", "10.73.0.4:80"), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    put(&mut etcd, p, "b", "v1", "10.73.0.3:80", 7).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(bridge.proc.is_running(), "{}", bridge.log());
+    let log = bed.cluster.audit_log();
+    let mark = audit_mark(&log);
+    bed.cluster
+        .start_apiserver()
+        .unwrap_or_else(|e| panic!("kube-apiserver did not start again: {e}"));
+
+    let apis = apis_after_restart(&bed, &namespace).await;
+    let long = Duration::from_secs(60);
+    converged(
+        &apis,
+        "a-v1",
+        &["10.73.0.1", "10.73.0.2", "10.73.0.5"],
+        long,
+    )
+    .await;
+    converged(&apis, "a", &["10.73.0.1", "10.73.0.2", "10.73.0.5"], long).await;
+    for svc in ["b-v1", "b"] {
+        converged(&apis, svc, &["10.73.0.3"], long).await;
+        eventually(&format!("{svc}: one slice, of weight 7"), long, || async {
+            let s = slices_of(&apis.slices, svc).await?;
+            (s.len() == 1 && weight_of(&s[0]) == "7").then_some(())
+        })
+        .await;
+    }
+    gone(&apis, "c-v1", long).await;
+    gone(&apis, "c", long).await;
+    tokio::time::sleep(SETTLE).await;
+
+    // The bridge runs as the admin, like kube-controller-manager and kubectl: tell it by its
+    // user agent (kube-rs sends none).
+    let writes: Vec<AuditWrite> = object_writes(&audit_writes(&log, mark, &namespace))
+        .into_iter()
+        .filter(|w| w.user == "testbed-admin")
+        .filter(|w| {
+            !w.user_agent.starts_with("kube-controller-manager")
+                && !w.user_agent.starts_with("kubectl")
+        })
+        .collect();
+    assert!(
+        !writes.is_empty(),
+        "the changes were written after the outage"
+    );
+    assert!(
+        writes.len() <= 3 * changed_objects,
+        "{} writes for {changed_objects} changed objects after the outage: {writes:#?}\n{}",
+        writes.len(),
+        bridge.log()
+    );
+    assert!(bridge.proc.is_running(), "{}", bridge.log());
+}
+
+/// A fresh client (the old one's connections died with the apiserver).
+async fn apis_after_restart(bed: &TestBed, namespace: &str) -> Apis {
+    apis(bed.cluster.client().await, namespace)
+}
+
+#[tokio::test]
+async fn a_wiped_prefix_trips_the_mass_deletion_guard_until_confirmed() {
+    let scope = Scope::new("massdelete");
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(
+        &kubeconfig,
+        &["--max-delete-ratio=0.5", "--delete-confirm-delay=3s"],
+    );
+    bridge.ready(WAIT).await;
+    let apis = apis(scope.kube().await, &scope.namespace);
+    let mut etcd = scope.etcd().await;
+    let lease = etcd.lease_grant(600, None).await.unwrap().id();
+    let mut services = Vec::new();
+    for s in 0..5 {
+        let name = format!("m{s}");
+        let ips = [format!("10.74.{s}.1"), format!("10.74.{s}.2")];
+        for ip in &ips {
+            let addr = format!("{ip}:80");
+            etcd.put(
+                seed_key(&scope.prefix, &name, "v1", &addr),
+                seed_value(&name, "v1", &addr, 1),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .unwrap();
+        }
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        converged(&apis, &format!("{name}-v1"), &ips, WAIT).await;
+        converged(&apis, &name, &ips, WAIT).await;
+        services.push(format!("{name}-v1"));
+        services.push(name);
+    }
+    let log_before = bridge.full_log().len();
+
+    // One delete-range wipes the whole prefix: every Service would go.
+    let deleted = etcd
+        .delete(
+            scope.prefix.as_str(),
+            Some(DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted(), 10);
+    let wiped = Instant::now();
+    let held = eventually("deletions held", WAIT, || async {
+        bridge
+            .metric("etcd_bridge_held_deletions")
+            .filter(|v| *v > 0.0)
+    })
+    .await;
+    assert!(held > 0.0);
+    // Until the confirmation delay (3 s) has passed, every Service stays.
+    while wiped.elapsed() < Duration::from_secs(2) {
+        for svc in &services {
+            assert!(
+                apis.services.get_opt(svc).await.unwrap().is_some(),
+                "{svc} deleted {:?} after a wipe, before the mass deletion was confirmed\n{}",
+                wiped.elapsed(),
+                bridge.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = bridge.full_log()[log_before..].to_lowercase();
+    assert!(
+        log.contains("held") || log.contains("hold"),
+        "the bridge says it holds the deletions\n{log}"
+    );
+
+    // The wipe was real: a second consistent read after the delay confirms it.
+    for svc in &services {
+        gone(&apis, svc, WAIT).await;
+    }
+    eventually("no deletion held any more", WAIT, || async {
+        (bridge.metric("etcd_bridge_held_deletions") == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(bridge.proc.is_running(), "{}", bridge.log());
+}
