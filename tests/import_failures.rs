@@ -473,3 +473,37 @@ async fn a_wiped_prefix_trips_the_mass_deletion_guard_until_confirmed() {
     .await;
     assert!(bridge.proc.is_running(), "{}", bridge.log());
 }
+
+#[tokio::test]
+async fn a_hung_etcd_is_noticed_by_keepalive_and_nothing_is_deleted() {
+    let server = private_etcd("etcd-hung");
+    let scope = Scope::with_registry("etcdhung", &server.endpoint());
+    let kubeconfig = scope.bridge_kubeconfig();
+    // A short request timeout keeps the keepalive check quick.
+    let mut bridge = scope.bridge(&kubeconfig, &["--etcd-timeout=2s"]);
+    bridge.ready(WAIT).await;
+    let apis = apis(scope.kube().await, &scope.namespace);
+    let mut etcd = scope.etcd().await;
+    put(&mut etcd, &scope.prefix, "h1", "", "10.72.0.1:80", 1).await;
+    converged(&apis, "h1", &["10.72.0.1"], WAIT).await;
+
+    // SIGSTOP: the TCP connection stays open but etcd answers nothing, not even HTTP/2 pings.
+    server.freeze();
+    eventually("the hung etcd noticed", WAIT, || async {
+        (bridge.metric("etcd_bridge_etcd_connected") == Some(0.0)
+            && matches!(bridge.get("/readyz"), Some((503, _))))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        holds(&apis, "h1", &["10.72.0.1"]).await.is_some(),
+        "nothing deleted"
+    );
+    server.thaw();
+    eventually("reconnected", WAIT, || async {
+        (bridge.metric("etcd_bridge_etcd_connected") == Some(1.0)).then_some(())
+    })
+    .await;
+    put(&mut etcd, &scope.prefix, "h1", "", "10.72.0.2:80", 1).await;
+    converged(&apis, "h1", &["10.72.0.1", "10.72.0.2"], WAIT).await;
+}
