@@ -105,8 +105,10 @@ impl Snapshot {
             .skip_owner
             .as_deref()
             .is_some_and(|mine| registry::owner_of(value).is_some_and(|o| o.starts_with(mine)));
+        // Ownership first: our own write-backs may hold addresses import refuses (loopback for
+        // in-cluster clients), and they are not faults to warn about.
         let entry = match registry::parse(prefix, key, value) {
-            Ok(_) if own => Entry::Skipped(SkipReason::OwnRegistration),
+            _ if own => Entry::Skipped(SkipReason::OwnRegistration),
             Ok(reg) => Entry::Valid(reg),
             Err(reason) => Entry::Skipped(reason),
         };
@@ -294,6 +296,9 @@ mod tests {
         let mut s = Snapshot::new(vec!["/".into()], false).skip_own("default");
         let own = br#"{"name":"a","addr":"10.0.0.1:1","version":"v1","weight":1,"etcd-bridge.io/owner":"default/ns/reg"}"#;
         let c = s.put(b"/a/v1/10.0.0.1:1", own);
+        assert_eq!(c.newly_skipped[0].1, SkipReason::OwnRegistration);
+        let loopback = br#"{"name":"a","addr":"127.0.0.1:1","version":"v1","weight":1,"etcd-bridge.io/owner":"default/ns/reg"}"#;
+        let c = s.put(b"/a/v1/127.0.0.1:1", loopback);
         assert_eq!(c.newly_skipped[0].1, SkipReason::OwnRegistration);
         let other = br#"{"name":"a","addr":"10.0.0.2:1","version":"v1","weight":1,"etcd-bridge.io/owner":"other/ns/reg"}"#;
         assert!(!s.put(b"/a/v1/10.0.0.2:1", other).targets.is_empty());
