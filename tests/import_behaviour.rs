@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use etcd_client::PutOptions;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -18,82 +17,18 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Lets the audit log and the bridge's follow-up checks settle before counting writes.
 const SETTLE: Duration = Duration::from_millis(2000);
 
-struct Apis {
-    services: Api<Service>,
-    slices: Api<EndpointSlice>,
-}
-
 async fn apis(scope: &Scope) -> Apis {
-    let kube = scope.kube().await;
-    Apis {
-        services: Api::namespaced(kube.clone(), &scope.namespace),
-        slices: Api::namespaced(kube, &scope.namespace),
-    }
+    Apis::new(scope.kube().await, &scope.namespace)
 }
 
-async fn slices_of(api: &Api<EndpointSlice>, service: &str) -> Vec<EndpointSlice> {
-    let mut s = api
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-        .await
-        .expect("list EndpointSlices")
-        .items;
-    s.sort_by_key(|s| s.name_any());
-    s
-}
-
-fn addrs_of(slice: &EndpointSlice) -> Vec<String> {
-    let mut a: Vec<String> = slice
-        .endpoints
-        .iter()
-        .flat_map(|e| e.addresses.clone())
-        .collect();
-    a.sort();
-    a
-}
-
-fn addresses(slices: &[EndpointSlice]) -> Vec<String> {
-    let mut a: Vec<String> = slices.iter().flat_map(addrs_of).collect();
-    a.sort();
-    a
-}
-
-fn weight_of(slice: &EndpointSlice) -> String {
-    slice
-        .annotations()
-        .get("etcd-bridge.io/weight")
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn sorted(list: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
-/// Waits until the Service `name` exists and its slices hold exactly `want`.
 async fn converged(apis: &Apis, name: &str, want: &[&str]) -> Vec<EndpointSlice> {
-    let want = sorted(want);
-    eventually(
-        &format!("Service {name} holding {want:?}"),
-        WAIT,
-        || async {
-            apis.services.get_opt(name).await.ok().flatten()?;
-            let s = slices_of(&apis.slices, name).await;
-            (addresses(&s) == want).then_some(s)
-        },
-    )
-    .await
+    common::converged(apis, name, want, WAIT).await
 }
 
 async fn put(etcd: &mut etcd_client::Client, key: &str, value: impl Into<Vec<u8>>, lease: i64) {
     etcd.put(key, value, Some(PutOptions::new().with_lease(lease)))
         .await
         .expect("put");
-}
-
-fn rv(obj: &impl kube::Resource) -> String {
-    obj.meta().resource_version.clone().unwrap_or_default()
 }
 
 /// The bridge's writes of the EndpointSlices of Service `service` since `mark`.

@@ -6,79 +6,12 @@ mod common;
 use common::*;
 use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
 use etcd_client::{CompactionOptions, DeleteOptions, PutOptions};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_millis(2000);
-
-struct Apis {
-    services: Api<Service>,
-    slices: Api<EndpointSlice>,
-}
-
-fn apis(kube: kube::Client, namespace: &str) -> Apis {
-    Apis {
-        services: Api::namespaced(kube.clone(), namespace),
-        slices: Api::namespaced(kube, namespace),
-    }
-}
-
-async fn slices_of(api: &Api<EndpointSlice>, service: &str) -> Option<Vec<EndpointSlice>> {
-    let mut s = api
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-        .await
-        .ok()?
-        .items;
-    s.sort_by_key(|s| s.name_any());
-    Some(s)
-}
-
-fn addresses(slices: &[EndpointSlice]) -> Vec<String> {
-    let mut a: Vec<String> = slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
-        .collect();
-    a.sort();
-    a
-}
-
-fn weight_of(slice: &EndpointSlice) -> String {
-    slice
-        .annotations()
-        .get("etcd-bridge.io/weight")
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn rv(obj: &impl kube::Resource) -> String {
-    obj.meta().resource_version.clone().unwrap_or_default()
-}
-
-/// Whether the Service `name` exists and its slices hold exactly `want`.
-async fn holds(apis: &Apis, name: &str, want: &[&str]) -> Option<Vec<EndpointSlice>> {
-    apis.services.get_opt(name).await.ok().flatten()?;
-    let s = slices_of(&apis.slices, name).await?;
-    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    (addresses(&s) == want).then_some(s)
-}
-
-async fn converged(
-    apis: &Apis,
-    name: &str,
-    want: &[&str],
-    timeout: Duration,
-) -> Vec<EndpointSlice> {
-    eventually(&format!("Service {name} holding {want:?}"), timeout, || {
-        holds(apis, name, want)
-    })
-    .await
-}
 
 async fn gone(apis: &Apis, name: &str, timeout: Duration) {
     eventually(&format!("Service {name} deleted"), timeout, || async {
@@ -118,7 +51,7 @@ async fn an_etcd_restart_mid_stream_converges_to_the_new_state() {
     let kubeconfig = scope.bridge_kubeconfig();
     let mut bridge = scope.bridge(&kubeconfig, &[]);
     bridge.ready(WAIT).await;
-    let apis = apis(scope.kube().await, &scope.namespace);
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
     let mut etcd = scope.etcd().await;
     put(&mut etcd, &scope.prefix, "r", "v1", "10.70.0.1:80", 1).await;
     converged(&apis, "r-v1", &["10.70.0.1"], WAIT).await;
@@ -157,7 +90,7 @@ async fn while_etcd_is_unreachable_nothing_is_deleted_and_readyz_says_so() {
     let kubeconfig = scope.bridge_kubeconfig();
     let mut bridge = scope.bridge(&kubeconfig, &[]);
     bridge.ready(WAIT).await;
-    let apis = apis(scope.kube().await, &scope.namespace);
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
     let mut etcd = scope.etcd().await;
     let p = &scope.prefix;
     put(&mut etcd, p, "u1", "v1", "10.71.0.1:80", 1).await;
@@ -181,7 +114,7 @@ async fn while_etcd_is_unreachable_nothing_is_deleted_and_readyz_says_so() {
         let mut now = BTreeMap::new();
         for (svc, _) in want {
             let svc_rv = apis.services.get_opt(svc).await.unwrap().map(|s| rv(&s));
-            let slices = slices_of(&apis.slices, svc).await.unwrap_or_default();
+            let slices = try_slices_of(&apis.slices, svc).await.unwrap_or_default();
             let slice_rvs: Vec<(String, String)> =
                 slices.iter().map(|s| (s.name_any(), rv(s))).collect();
             now.insert(svc, (svc_rv.unwrap_or_default(), slice_rvs));
@@ -231,7 +164,7 @@ async fn a_watch_behind_a_compaction_relists_and_loses_no_delete() {
     let kubeconfig = scope.bridge_kubeconfig();
     let mut bridge = scope.bridge(&kubeconfig, &[]);
     bridge.ready(WAIT).await;
-    let apis = apis(scope.kube().await, &scope.namespace);
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
     let mut etcd = scope.etcd().await;
     let p = &scope.prefix;
     put(&mut etcd, p, "c", "v1", "10.72.0.1:80", 1).await;
@@ -303,7 +236,7 @@ async fn after_an_apiserver_outage_the_bridge_converges_without_a_write_storm() 
         &[],
     );
     bridge.ready(WAIT).await;
-    let apis = apis(bed.cluster.client().await, &namespace);
+    let apis = Apis::new(bed.cluster.client().await, &namespace);
     let mut etcd = etcd_client::Client::connect([endpoint.as_str()], None)
         .await
         .expect("connect to the registry etcd");
@@ -357,7 +290,7 @@ async fn after_an_apiserver_outage_the_bridge_converges_without_a_write_storm() 
     for svc in ["b-v1", "b"] {
         converged(&apis, svc, &["10.73.0.3"], long).await;
         eventually(&format!("{svc}: one slice, of weight 7"), long, || async {
-            let s = slices_of(&apis.slices, svc).await?;
+            let s = try_slices_of(&apis.slices, svc).await?;
             (s.len() == 1 && weight_of(&s[0]) == "7").then_some(())
         })
         .await;
@@ -391,7 +324,7 @@ async fn after_an_apiserver_outage_the_bridge_converges_without_a_write_storm() 
 
 /// A fresh client (the old one's connections died with the apiserver).
 async fn apis_after_restart(bed: &TestBed, namespace: &str) -> Apis {
-    apis(bed.cluster.client().await, namespace)
+    Apis::new(bed.cluster.client().await, namespace)
 }
 
 #[tokio::test]
@@ -403,7 +336,7 @@ async fn a_wiped_prefix_trips_the_mass_deletion_guard_until_confirmed() {
         &["--max-delete-ratio=0.5", "--delete-confirm-delay=3s"],
     );
     bridge.ready(WAIT).await;
-    let apis = apis(scope.kube().await, &scope.namespace);
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
     let mut etcd = scope.etcd().await;
     let lease = etcd.lease_grant(600, None).await.unwrap().id();
     let mut services = Vec::new();
@@ -482,7 +415,7 @@ async fn a_hung_etcd_is_noticed_by_keepalive_and_nothing_is_deleted() {
     // A short request timeout keeps the keepalive check quick.
     let mut bridge = scope.bridge(&kubeconfig, &["--etcd-timeout=2s"]);
     bridge.ready(WAIT).await;
-    let apis = apis(scope.kube().await, &scope.namespace);
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
     let mut etcd = scope.etcd().await;
     put(&mut etcd, &scope.prefix, "h1", "", "10.72.0.1:80", 1).await;
     converged(&apis, "h1", &["10.72.0.1"], WAIT).await;

@@ -8,26 +8,10 @@ use common::*;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn slices(api: &Api<EndpointSlice>, service: &str) -> Vec<EndpointSlice> {
-    api.list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-        .await
-        .expect("list EndpointSlices")
-        .items
-}
-
-fn addresses(slices: &[EndpointSlice]) -> Vec<String> {
-    let mut a: Vec<String> = slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
-        .collect();
-    a.sort();
-    a
-}
 
 #[tokio::test]
 async fn a_seed_registration_becomes_a_service_and_an_endpointslice_and_goes_away() {
@@ -74,7 +58,7 @@ async fn a_seed_registration_becomes_a_service_and_an_endpointslice_and_goes_awa
         assert_eq!(svc.annotations()["etcd-bridge.io/prefix"], scope.prefix);
 
         let s = eventually(&format!("EndpointSlice of {name}"), WAIT, || async {
-            let s = slices(&slice_api, name).await;
+            let s = slices_of(&slice_api, name).await;
             (!s.is_empty()).then_some(s)
         })
         .await;
@@ -122,7 +106,7 @@ async fn a_seed_registration_becomes_a_service_and_an_endpointslice_and_goes_awa
     )
     .await;
     eventually("two endpoints", WAIT, || async {
-        (addresses(&slices(&slice_api, "greeter-v1").await) == ["10.1.2.3", "10.1.2.4"])
+        (addresses(&slices_of(&slice_api, "greeter-v1").await) == ["10.1.2.3", "10.1.2.4"])
             .then_some(())
     })
     .await;
@@ -133,7 +117,7 @@ async fn a_seed_registration_becomes_a_service_and_an_endpointslice_and_goes_awa
     .await
     .unwrap();
     eventually("the deleted endpoint gone", WAIT, || async {
-        (addresses(&slices(&slice_api, "greeter-v1").await) == ["10.1.2.4"]).then_some(())
+        (addresses(&slices_of(&slice_api, "greeter-v1").await) == ["10.1.2.4"]).then_some(())
     })
     .await;
 
@@ -155,7 +139,7 @@ async fn a_seed_registration_becomes_a_service_and_an_endpointslice_and_goes_awa
     })
     .await;
     eventually("EndpointSlices garbage-collected", WAIT, || async {
-        slices(&slice_api, "greeter-v1")
+        slices_of(&slice_api, "greeter-v1")
             .await
             .is_empty()
             .then_some(())

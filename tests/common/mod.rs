@@ -2,8 +2,12 @@
 //! registrations, and waiting for the cluster to show something.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod objects;
+
 pub use etcd_bridge_testbed::{TestBed, process::Proc, unique};
 use etcd_client::{Client as Etcd, PutOptions};
+#[allow(unused_imports)] // not every test binary reads objects back
+pub use objects::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
