@@ -40,28 +40,75 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Everything under `prefix` at one revision: (key, value) pairs and the revision. The read is
-/// linearizable (etcd's default), so it reflects every write acknowledged before it.
+/// Keys read per request: a whole large registry in one response would pass gRPC's 4 MiB message
+/// limit (100k registrations are about 12 MiB).
+const PAGE: i64 = 5_000;
+
+/// Everything under `prefix` at one revision: (key, value) pairs and the revision. Read in pages,
+/// all at the revision of the first one, so the result is one consistent snapshot; the first page
+/// is linearizable (etcd's default), so it reflects every write acknowledged before it.
 pub async fn read_prefix(
     client: &mut Client,
     args: &EtcdArgs,
     prefix: &str,
 ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, i64)> {
-    let list = client
-        .get(
-            prefix.as_bytes(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .map_err(|source| Error::Etcd {
-            endpoints: args.endpoints.join(","),
-            source,
-        })?;
-    let revision = list.header().map(|h| h.revision()).unwrap_or_default();
-    let kvs = list
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-        .collect();
-    Ok((kvs, revision))
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut kvs = Vec::new();
+    loop {
+        let mut opts = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let page = client
+            .get(from.clone(), Some(opts))
+            .await
+            .map_err(|source| Error::Etcd {
+                endpoints: args.endpoints.join(","),
+                source,
+            })?;
+        if revision == 0 {
+            revision = page.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        kvs.extend(
+            page.kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), kv.value().to_vec())),
+        );
+        match (page.more(), page.kvs().last()) {
+            (true, Some(last)) => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((kvs, revision)),
+        }
+    }
+}
+
+/// The end of the key range of everything that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
 }
