@@ -8,7 +8,7 @@ CARGO ?= cargo
 help:
 	@echo "make demo   - run the bridge on a local test bed (etcd + kube-apiserver) and show what it does"
 	@echo "make test   - install whatever is missing, then run every test (lint, unit, integration, demo)"
-	@echo "make bench  - benchmarks (release build)"
+	@echo "make bench  - benchmarks (release build): latency, burst, cold start, memory; see docs/benchmarks.md"
 
 # Debian packages, kube-apiserver/kube-controller-manager/kubectl (Go build, cached), helm.
 deps:
@@ -30,6 +30,18 @@ test: deps lint
 	@echo ">> the demo, end to end (--once)"
 	$(CARGO) build --bin etcd-bridge --example demo
 	target/debug/examples/demo --bridge target/debug/etcd-bridge --once
+	@echo ">> the benchmark harness, smoke size"
+	$(CARGO) build --bin etcd-bridge --example bench && target/debug/examples/bench --smoke --bridge target/debug/etcd-bridge
+	@echo ">> the Dockerfile's build steps, without Docker (a release build)"
+	hack/docker-build-check.sh
+
+# The benchmarks (docs/benchmarks.md): a release build, then every section in one run on a private
+# test bed (about 4 minutes on 2 cores); prints the table and writes target/bench/results.json and
+# latency.svg. Goals missed do not fail it. BENCH_ARGS adds flags, e.g. BENCH_ARGS=--services=100.
+bench: deps
+	@echo ">> cargo build --release (the first release build compiles ~300 crates: several minutes)"
+	$(CARGO) build --release --bin etcd-bridge --example bench
+	target/release/examples/bench --bridge target/release/etcd-bridge --out target/bench $(BENCH_ARGS)
 
 # The CRD YAML is generated from src/writeback/crd.rs, never edited by hand.
 crds:
