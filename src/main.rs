@@ -189,11 +189,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .await;
     shutdown.cancel();
-    if let Some(w) = writeback {
-        match w.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "write-back stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "write-back task failed"),
-            Ok(Ok(())) => {}
+    if let Some(mut w) = writeback {
+        // kube-runtime's Controller may not wind down while its watch keeps failing (no CRD):
+        // never let that hold the Lease, and the pod, past a few seconds.
+        match tokio::time::timeout(Duration::from_secs(3), &mut w).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "write-back stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "write-back task failed"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!("write-back did not stop in 3s; stopping it");
+                w.abort();
+            }
         }
     }
     leadership.release().await;

@@ -10,7 +10,7 @@ use crate::diff::{self, SliceChange};
 use crate::error::Result;
 use crate::etcd::{KvEvent, Update};
 use crate::http::Health;
-use crate::k8s::view::{SliceIndex, is_owned};
+use crate::k8s::view::is_owned;
 use crate::k8s::{ObjectEvent, Writer};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels, StateLabels};
 use crate::naming;
@@ -341,15 +341,13 @@ impl Reconciler {
             }
         }
         let mut names = std::mem::take(&mut self.dirty_names);
-        let index = writer.view().slice_index();
-        self.guard_deletions(writer, &index, &mut names);
+        self.guard_deletions(writer, &mut names);
         let oldest = self.oldest_event.take();
         self.dirty_since = None;
         let this = &*self;
-        let index = &index;
         let results: Vec<(String, Result<bool>)> = futures::stream::iter(names)
             .map(|name| async move {
-                let r = this.sync_service(writer, index, &name).await;
+                let r = this.sync_service(writer, &name).await;
                 (name, r)
             })
             .buffer_unordered(CONCURRENCY)
@@ -384,14 +382,20 @@ impl Reconciler {
             }
             self.synced = true;
         }
-        let (services, slices) = writer.view().counts();
-        self.metrics.services.set(services as i64);
-        self.metrics.slices.set(slices as i64);
         self.update_readiness();
     }
 
+    /// Now and then: the gauges that need a scan of the cluster view, and pruning of the view's
+    /// record of our own writes. Kept out of flushes, which should cost only what changed.
+    fn housekeeping(&self, writer: &Writer) {
+        let (services, slices) = writer.view().counts();
+        self.metrics.services.set(services as i64);
+        self.metrics.slices.set(slices as i64);
+        writer.view().prune();
+    }
+
     /// The endpoints (ip, port) of `name` in the cluster that the registry no longer has.
-    fn removals(&self, writer: &Writer, index: &SliceIndex, name: &str) -> usize {
+    fn removals(&self, writer: &Writer, name: &str) -> usize {
         let wanted: BTreeSet<(std::net::IpAddr, u16)> = self
             .by_name
             .get(name)
@@ -404,7 +408,7 @@ impl Reconciler {
             .unwrap_or_default();
         writer
             .view()
-            .slices_of(index, name)
+            .slices_of(name)
             .iter()
             .filter_map(|s| slicing::from_object(s))
             .flat_map(|p| {
@@ -418,12 +422,7 @@ impl Reconciler {
     /// The mass-deletion guard. When this flush would remove more than `max_delete_ratio` of all
     /// projected endpoints (and at least `mass_delete_min`), the Services losing endpoints are
     /// held out of it until a consistent read of etcd, `delete_confirm_delay` later, confirms.
-    fn guard_deletions(
-        &mut self,
-        writer: &Writer,
-        index: &SliceIndex,
-        names: &mut BTreeSet<String>,
-    ) {
+    fn guard_deletions(&mut self, writer: &Writer, names: &mut BTreeSet<String>) {
         if self.deletions_confirmed {
             self.deletions_confirmed = false;
             self.held.clear();
@@ -433,13 +432,17 @@ impl Reconciler {
         names.extend(std::mem::take(&mut self.held));
         let losing: Vec<(String, usize)> = names
             .iter()
-            .map(|n| (n.clone(), self.removals(writer, index, n)))
+            .map(|n| (n.clone(), self.removals(writer, n)))
             .filter(|(_, r)| *r > 0)
             .collect();
         let removed: usize = losing.iter().map(|(_, r)| r).sum();
+        // Counting every endpoint is a full scan: only when the removals could trip the guard.
+        if removed < self.tuning.mass_delete_min {
+            self.metrics.held_deletions.set(0);
+            return;
+        }
         let total = writer.view().total_endpoints();
-        let trips = removed >= self.tuning.mass_delete_min
-            && removed as f64 > self.tuning.max_delete_ratio * total as f64;
+        let trips = removed as f64 > self.tuning.max_delete_ratio * total as f64;
         if !trips {
             self.metrics.held_deletions.set(0);
             return;
@@ -512,7 +515,7 @@ impl Reconciler {
 
     /// Brings one Service and its slices to what the registry says. Returns whether anything
     /// was written.
-    async fn sync_service(&self, writer: &Writer, index: &SliceIndex, name: &str) -> Result<bool> {
+    async fn sync_service(&self, writer: &Writer, name: &str) -> Result<bool> {
         let view = writer.view();
         let want = self.by_name.get(name).and_then(|t| {
             let groups = projection::group(self.snapshot.registrations(t));
@@ -571,7 +574,7 @@ impl Reconciler {
             }
         };
         let actual: Vec<EndpointSlice> = view
-            .slices_of(index, name)
+            .slices_of(name)
             .into_iter()
             .map(|s| (*s).clone())
             .collect();
@@ -624,6 +627,7 @@ pub async fn run(
 ) {
     reconciler.set_leader(*leader.borrow_and_update());
     let mut resync_tick = tokio::time::interval(reconciler.tuning.resync);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     resync_tick.tick().await;
     loop {
         reconciler.update_readiness();
@@ -644,6 +648,7 @@ pub async fn run(
                 tracing::info!(leader = is, "leadership changed");
                 reconciler.set_leader(is);
             }
+            _ = housekeeping.tick() => reconciler.housekeeping(&writer),
             _ = resync_tick.tick() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

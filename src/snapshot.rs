@@ -36,6 +36,8 @@ pub struct Snapshot {
     /// and are not imported (no feedback loop). `None` imports them too.
     skip_owner: Option<String>,
     entries: BTreeMap<Box<str>, Entry>,
+    /// How many entries are skipped, kept as they change (counting is per update).
+    skipped: usize,
     /// Valid registrations per target: a target exists while its count is above zero.
     targets: BTreeMap<Target, u32>,
 }
@@ -46,6 +48,7 @@ impl Snapshot {
             prefixes,
             aggregate,
             skip_owner: None,
+            skipped: 0,
             entries: BTreeMap::new(),
             targets: BTreeMap::new(),
         }
@@ -121,6 +124,8 @@ impl Snapshot {
         }
         let new_targets = self.targets_of(key_str, &entry);
         let old = self.entries.insert(key_str.into(), entry.clone());
+        self.skipped += matches!(entry, Entry::Skipped(_)) as usize;
+        self.skipped -= matches!(old, Some(Entry::Skipped(_))) as usize;
         if old.as_ref() == Some(&entry) {
             return change;
         }
@@ -143,6 +148,7 @@ impl Snapshot {
         let Some(old) = self.entries.remove(key_str) else {
             return Change::default();
         };
+        self.skipped -= matches!(old, Entry::Skipped(_)) as usize;
         let targets = self.targets_of(key_str, &old);
         self.count(&targets, false);
         Change {
@@ -217,8 +223,7 @@ impl Snapshot {
 
     /// (valid, skipped) counts.
     pub fn counts(&self) -> (usize, usize) {
-        let skipped = self.skipped().count();
-        (self.entries.len() - skipped, skipped)
+        (self.entries.len() - self.skipped, self.skipped)
     }
 
     pub fn prefixes(&self) -> &[String] {
@@ -289,6 +294,9 @@ mod tests {
         assert_eq!(bad.newly_skipped.len(), 1);
         assert!(s.put(b"/a/10.0.0.2", b"{not json").newly_skipped.is_empty());
         assert_eq!(s.counts(), (1, 1));
+        assert_eq!(s.skipped().count(), 1);
+        s.delete(b"/a/10.0.0.2");
+        assert_eq!(s.counts(), (1, 0));
     }
 
     #[test]

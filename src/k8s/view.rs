@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -92,8 +92,30 @@ impl<K: Resource + Clone> Overlay<K> {
     }
 }
 
-/// Service name → names of its EndpointSlices.
-pub struct SliceIndex(HashMap<String, Vec<String>>);
+/// Service name → names of its EndpointSlices, kept up to date from the watch and our writes, so a
+/// flush never scans the whole store. Stale names are harmless: lookups check the object.
+type SliceIndex = Mutex<HashMap<String, BTreeSet<String>>>;
+
+fn index_event(index: &SliceIndex, ev: &watcher::Event<EndpointSlice>) {
+    let (watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) = ev
+    else {
+        return;
+    };
+    let Some(svc) = s.labels().get(labels::SERVICE_NAME) else {
+        return;
+    };
+    let mut index = index.lock().expect("slice index lock");
+    if matches!(ev, watcher::Event::Delete(_)) {
+        if let Some(names) = index.get_mut(svc) {
+            names.remove(&s.name_any());
+            if names.is_empty() {
+                index.remove(svc);
+            }
+        }
+    } else {
+        index.entry(svc.clone()).or_default().insert(s.name_any());
+    }
+}
 
 pub struct ClusterView {
     namespace: String,
@@ -102,6 +124,7 @@ pub struct ClusterView {
     slices: Store<EndpointSlice>,
     written_services: Overlay<Service>,
     written_slices: Overlay<EndpointSlice>,
+    index: Arc<SliceIndex>,
 }
 
 /// The label selector of everything one bridge instance owns.
@@ -137,9 +160,12 @@ impl ClusterView {
         let svc_api: Api<Service> = Api::namespaced(client.clone(), namespace);
         let slice_api: Api<EndpointSlice> = Api::namespaced(client, namespace);
 
+        // managedFields are a large share of every object and the bridge never reads them.
         let svc_stream = reflector::reflector(
             svc_writer,
-            watcher(svc_api, watcher::Config::default()).default_backoff(),
+            watcher(svc_api, watcher::Config::default())
+                .default_backoff()
+                .modify(|s: &mut Service| s.managed_fields_mut().clear()),
         );
         let slice_stream = reflector::reflector(
             slice_writer,
@@ -147,12 +173,23 @@ impl ClusterView {
                 slice_api,
                 watcher::Config::default().labels(&owned_selector(instance)),
             )
-            .default_backoff(),
+            .default_backoff()
+            .modify(|s: &mut EndpointSlice| s.managed_fields_mut().clear()),
         );
-        spawn_forward(svc_stream, tx.clone(), |s: &Service| Some(s.name_any()));
-        spawn_forward(slice_stream, tx.clone(), |s: &EndpointSlice| {
-            s.labels().get(labels::SERVICE_NAME).cloned()
-        });
+        let index = Arc::new(Mutex::new(HashMap::<String, BTreeSet<String>>::new()));
+        spawn_forward(
+            svc_stream,
+            tx.clone(),
+            |_| {},
+            |s: &Service| Some(s.name_any()),
+        );
+        let idx = index.clone();
+        spawn_forward(
+            slice_stream,
+            tx.clone(),
+            move |ev: &watcher::Event<EndpointSlice>| index_event(&idx, ev),
+            |s: &EndpointSlice| s.labels().get(labels::SERVICE_NAME).cloned(),
+        );
         let (s1, s2) = (services.clone(), slices.clone());
         tokio::spawn(async move {
             let _ = s1.wait_until_ready().await;
@@ -166,6 +203,7 @@ impl ClusterView {
             slices,
             written_services: Overlay::default(),
             written_slices: Overlay::default(),
+            index,
         };
         (Arc::new(view), rx)
     }
@@ -203,41 +241,20 @@ impl ClusterView {
             .collect()
     }
 
-    /// Which slices belong to which Service, in one pass over the store and our recent writes
-    /// (a flush looks up many Services; scanning the store for each would be quadratic).
-    pub fn slice_index(&self) -> SliceIndex {
-        let mut index: HashMap<String, Vec<String>> = HashMap::new();
-        let mut add = |s: &EndpointSlice| {
-            if let Some(svc) = s.labels().get(labels::SERVICE_NAME) {
-                index.entry(svc.clone()).or_default().push(s.name_any());
-            }
-        };
-        for s in self.slices.state() {
-            add(&s);
-        }
-        for n in self.written_slices.names() {
-            let stored = self.slices.get(&ObjectRef::new(&n).within(&self.namespace));
-            if let Some(s) = self.written_slices.merge(&n, stored) {
-                add(&s);
-            }
-        }
-        for names in index.values_mut() {
-            names.sort();
-            names.dedup();
-        }
-        SliceIndex(index)
-    }
-
     /// This instance's EndpointSlices of the Service `service`.
-    pub fn slices_of(&self, index: &SliceIndex, service: &str) -> Vec<Arc<EndpointSlice>> {
-        index
-            .0
+    pub fn slices_of(&self, service: &str) -> Vec<Arc<EndpointSlice>> {
+        let names: Vec<String> = self
+            .index
+            .lock()
+            .expect("slice index lock")
             .get(service)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default();
+        names
             .into_iter()
-            .flatten()
             .filter_map(|n| {
-                let stored = self.slices.get(&ObjectRef::new(n).within(&self.namespace));
-                self.written_slices.merge(n, stored)
+                let stored = self.slices.get(&ObjectRef::new(&n).within(&self.namespace));
+                self.written_slices.merge(&n, stored)
             })
             .filter(|s| {
                 s.labels()
@@ -245,6 +262,18 @@ impl ClusterView {
                     .is_some_and(|v| v == service)
             })
             .collect()
+    }
+
+    /// Forgets our recent writes that the stores have caught up with (called now and then:
+    /// lookups prune only what they touch).
+    pub fn prune(&self) {
+        for n in self.written_slices.names() {
+            let stored = self.slices.get(&ObjectRef::new(&n).within(&self.namespace));
+            self.written_slices.merge(&n, stored);
+        }
+        for n in self.written_services.names() {
+            self.service(&n);
+        }
     }
 
     /// Endpoints in all of this instance's EndpointSlices.
@@ -287,6 +316,7 @@ impl ClusterView {
 fn spawn_forward<K, S>(
     stream: S,
     tx: mpsc::UnboundedSender<ObjectEvent>,
+    observe: impl Fn(&watcher::Event<K>) + Send + 'static,
     service_of: impl Fn(&K) -> Option<String> + Send + 'static,
 ) where
     K: Send + 'static,
@@ -295,6 +325,9 @@ fn spawn_forward<K, S>(
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
+            if let Ok(ev) = &ev {
+                observe(ev);
+            }
             match ev {
                 Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::Delete(o)) => {
                     if let Some(name) = service_of(&o)
