@@ -20,6 +20,23 @@ async fn gone(apis: &Apis, name: &str, timeout: Duration) {
     .await
 }
 
+/// A private registry etcd, a scope on it, a ready bridge (with `extra` flags) and the clients
+/// to read the cluster and write etcd.
+async fn on_private_etcd(
+    label: &str,
+    base: &str,
+    extra: &[&str],
+) -> (EtcdServer, Scope, Bridge, Apis, etcd_client::Client) {
+    let server = private_etcd(label);
+    let scope = Scope::with_registry(base, &server.endpoint());
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, extra);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let etcd = scope.etcd().await;
+    (server, scope, bridge, apis, etcd)
+}
+
 /// A private registry etcd, for a test that stops or restarts it.
 fn private_etcd(label: &str) -> EtcdServer {
     EtcdServer::start(&scratch_dir(label), "registry", &[])
@@ -46,13 +63,8 @@ async fn put(
 
 #[tokio::test]
 async fn an_etcd_restart_mid_stream_converges_to_the_new_state() {
-    let mut server = private_etcd("etcd-restart");
-    let scope = Scope::with_registry("etcdrestart", &server.endpoint());
-    let kubeconfig = scope.bridge_kubeconfig();
-    let mut bridge = scope.bridge(&kubeconfig, &[]);
-    bridge.ready(WAIT).await;
-    let apis = Apis::new(scope.kube().await, &scope.namespace);
-    let mut etcd = scope.etcd().await;
+    let (mut server, scope, mut bridge, apis, mut etcd) =
+        on_private_etcd("etcd-restart", "etcdrestart", &[]).await;
     put(&mut etcd, &scope.prefix, "r", "v1", "10.70.0.1:80", 1).await;
     converged(&apis, "r-v1", &["10.70.0.1"], WAIT).await;
 
@@ -85,13 +97,8 @@ async fn an_etcd_restart_mid_stream_converges_to_the_new_state() {
 
 #[tokio::test]
 async fn while_etcd_is_unreachable_nothing_is_deleted_and_readyz_says_so() {
-    let mut server = private_etcd("etcd-down");
-    let scope = Scope::with_registry("etcddown", &server.endpoint());
-    let kubeconfig = scope.bridge_kubeconfig();
-    let mut bridge = scope.bridge(&kubeconfig, &[]);
-    bridge.ready(WAIT).await;
-    let apis = Apis::new(scope.kube().await, &scope.namespace);
-    let mut etcd = scope.etcd().await;
+    let (mut server, scope, mut bridge, apis, mut etcd) =
+        on_private_etcd("etcd-down", "etcddown", &[]).await;
     let p = &scope.prefix;
     put(&mut etcd, p, "u1", "v1", "10.71.0.1:80", 1).await;
     put(&mut etcd, p, "u1", "v1", "10.71.0.2:80", 1).await;
@@ -159,13 +166,8 @@ async fn while_etcd_is_unreachable_nothing_is_deleted_and_readyz_says_so() {
 
 #[tokio::test]
 async fn a_watch_behind_a_compaction_relists_and_loses_no_delete() {
-    let mut server = private_etcd("etcd-compact");
-    let scope = Scope::with_registry("compaction", &server.endpoint());
-    let kubeconfig = scope.bridge_kubeconfig();
-    let mut bridge = scope.bridge(&kubeconfig, &[]);
-    bridge.ready(WAIT).await;
-    let apis = Apis::new(scope.kube().await, &scope.namespace);
-    let mut etcd = scope.etcd().await;
+    let (mut server, scope, mut bridge, apis, mut etcd) =
+        on_private_etcd("etcd-compact", "compaction", &[]).await;
     let p = &scope.prefix;
     put(&mut etcd, p, "c", "v1", "10.72.0.1:80", 1).await;
     put(&mut etcd, p, "c", "v1", "10.72.0.2:80", 1).await;
@@ -409,14 +411,9 @@ async fn a_wiped_prefix_trips_the_mass_deletion_guard_until_confirmed() {
 
 #[tokio::test]
 async fn a_hung_etcd_is_noticed_by_keepalive_and_nothing_is_deleted() {
-    let server = private_etcd("etcd-hung");
-    let scope = Scope::with_registry("etcdhung", &server.endpoint());
-    let kubeconfig = scope.bridge_kubeconfig();
     // A short request timeout keeps the keepalive check quick.
-    let mut bridge = scope.bridge(&kubeconfig, &["--etcd-timeout=2s"]);
-    bridge.ready(WAIT).await;
-    let apis = Apis::new(scope.kube().await, &scope.namespace);
-    let mut etcd = scope.etcd().await;
+    let (server, scope, bridge, apis, mut etcd) =
+        on_private_etcd("etcd-hung", "etcdhung", &["--etcd-timeout=2s"]).await;
     put(&mut etcd, &scope.prefix, "h1", "", "10.72.0.1:80", 1).await;
     converged(&apis, "h1", &["10.72.0.1"], WAIT).await;
 

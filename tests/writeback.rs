@@ -48,6 +48,16 @@ fn condition(scope: &Scope, name: &str, type_: &str) -> String {
     ])
 }
 
+/// Waits until import has projected the Service `name` in the scope's namespace.
+async fn service_appears(scope: &Scope, name: &str) {
+    let want = format!("service/{name}");
+    eventually(&format!("the projected Service {name}"), WAIT, || async {
+        let names = scope.kubectl(&["get", "svc", "-o", "name"]);
+        names.lines().any(|l| l == want).then_some(())
+    })
+    .await
+}
+
 /// Starts a write-back bridge on this scope, whose write-back prefix is the scope's prefix.
 async fn bridge(scope: &Scope, extra: &[&str]) -> Bridge {
     let kubeconfig = scope.writeback_kubeconfig();
@@ -375,13 +385,7 @@ async fn a_service_ref_to_a_projected_service_is_refused() {
         60,
     )
     .await;
-    eventually("the projected Service", WAIT, || async {
-        scope
-            .kubectl(&["get", "svc", "-o", "name"])
-            .contains("service/greeter")
-            .then_some(())
-    })
-    .await;
+    service_appears(&scope, "greeter").await;
     scope.apply(&registration(
         "loop",
         r#"{service: greeter2, serviceRef: {name: greeter, port: 50051}}"#,
@@ -424,13 +428,7 @@ async fn own_written_back_keys_are_not_imported_again() {
         60,
     )
     .await;
-    eventually("theirs imported", WAIT, || async {
-        scope
-            .kubectl(&["get", "svc", "-o", "name"])
-            .contains("service/theirs")
-            .then_some(())
-    })
-    .await;
+    service_appears(&scope, "theirs").await;
     let services = scope.kubectl(&["get", "svc", "-o", "name"]);
     assert!(!services.contains("service/mine"), "{services}");
 }
