@@ -648,3 +648,45 @@ async fn a_leader_stopped_with_sigterm_hands_over_without_waiting_for_its_lease_
     );
     converged(&apis, "ho-v1", &["10.66.0.1"]).await;
 }
+
+#[tokio::test]
+async fn drift_is_repaired_a_slice_deleted_by_hand_comes_back_and_an_edit_is_undone() {
+    let scope = Scope::new("drift");
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, &[]);
+    bridge.ready(WAIT).await;
+    let apis = apis(&scope).await;
+    let mut etcd = scope.etcd().await;
+    let lease = etcd.lease_grant(300, None).await.unwrap().id();
+    let a = "10.61.0.1:9000";
+    put(
+        &mut etcd,
+        &seed_key(&scope.prefix, "d", "", a),
+        seed_value("d", "", a, 2),
+        lease,
+    )
+    .await;
+    let s = converged(&apis, "d", &["10.61.0.1"]).await;
+    let name = s[0].name_any();
+
+    // Someone deletes the slice by hand: the bridge sees it and writes it again.
+    scope.kubectl(&["delete", "endpointslice", &name]);
+    let back = converged(&apis, "d", &["10.61.0.1"]).await;
+    assert_eq!(back[0].name_any(), name, "the same stable name");
+    assert_ne!(back[0].uid(), s[0].uid(), "a new object");
+
+    // Someone edits the weight annotation: the bridge sets it back.
+    scope.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "endpointslice",
+        &name,
+        "etcd-bridge.io/weight=9",
+    ]);
+    eventually("the weight annotation restored", WAIT, || async {
+        let s = slices_of(&apis.slices, "d").await;
+        (s.len() == 1 && weight_of(&s[0]) == "2").then_some(())
+    })
+    .await;
+    assert!(bridge.proc.is_running(), "{}", bridge.log());
+}
