@@ -21,7 +21,9 @@ pub struct Report {
 /// Lists every prefix once and projects it, as `run` would on an empty cluster.
 pub async fn preview(etcd: &EtcdArgs, proj: &ProjectionArgs) -> Result<Report> {
     let mut client = crate::etcd::connect(etcd).await?;
-    let mut snapshot = Snapshot::new(etcd.prefixes.clone(), proj.aggregate);
+    // As `run` does by default: keys this instance wrote back are listed as skipped, not projected.
+    let mut snapshot =
+        Snapshot::new(etcd.prefixes.clone(), proj.aggregate).skip_own(&proj.instance);
     for prefix in &etcd.prefixes {
         let (kvs, _) = crate::etcd::read_prefix(&mut client, etcd, prefix).await?;
         snapshot.reset_prefix(prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
