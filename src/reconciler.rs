@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How many Services are synced at once; each one's own writes stay in order.
 const CONCURRENCY: usize = 16;
+/// Services per chunk of a large flush.
+const CHUNK: usize = 256;
 
 /// When and how much the reconciler writes.
 pub struct Tuning {
@@ -346,14 +348,24 @@ impl Reconciler {
         let oldest = self.oldest_event.take();
         self.dirty_since = None;
         let this = &*self;
-        let results: Vec<(String, Result<bool>)> = futures::stream::iter(names)
-            .map(|name| async move {
-                let r = this.sync_service(writer, &name).await;
-                (name, r)
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        // In chunks, forgetting between them the writes the stores have caught up with: a first
+        // sync writes every object, and keeping every response until the end is its memory peak.
+        let names: Vec<String> = names.into_iter().collect();
+        let mut results: Vec<(String, Result<bool>)> = Vec::with_capacity(names.len());
+        for chunk in names.chunks(CHUNK) {
+            let done: Vec<(String, Result<bool>)> = futures::stream::iter(chunk.iter().cloned())
+                .map(|name| async move {
+                    let r = this.sync_service(writer, &name).await;
+                    (name, r)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            results.extend(done);
+            if names.len() > CHUNK {
+                writer.view().prune();
+            }
+        }
         let mut failed = 0;
         for (name, r) in results {
             match r {
