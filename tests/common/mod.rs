@@ -340,9 +340,18 @@ impl Bridge {
 
     /// Waits for `/readyz` to answer 200; panics with the bridge's log otherwise.
     pub async fn ready(&mut self, timeout: Duration) {
+        self.wait_for("ready", timeout, |b| {
+            matches!(b.get("/readyz"), Some((200, _)))
+        })
+        .await
+    }
+
+    /// Polls `check` every 50 ms while the bridge runs; panics with its log if the bridge exits
+    /// or `timeout` passes first.
+    async fn wait_for(&mut self, what: &str, timeout: Duration, check: impl Fn(&Bridge) -> bool) {
         let deadline = Instant::now() + timeout;
         loop {
-            if matches!(self.get("/readyz"), Some((200, _))) {
+            if check(self) {
                 return;
             }
             assert!(
@@ -352,7 +361,7 @@ impl Bridge {
             );
             assert!(
                 Instant::now() < deadline,
-                "etcd-bridge not ready after {timeout:?}\n{}",
+                "etcd-bridge not {what} after {timeout:?}\n{}",
                 self.proc.log_tail(60)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -451,23 +460,10 @@ pub fn preview(etcd_endpoint: &str, prefix: &str, extra: &[&str]) -> (bool, Stri
 impl Bridge {
     /// Waits until this bridge reports itself the leader (`etcd_bridge_leader 1`).
     pub async fn leading(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.metric("etcd_bridge_leader") == Some(1.0) {
-                return;
-            }
-            assert!(
-                self.proc.is_running(),
-                "etcd-bridge exited\n{}",
-                self.proc.log_tail(60)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "etcd-bridge not the leader after {timeout:?}\n{}",
-                self.proc.log_tail(60)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for("the leader", timeout, |b| {
+            b.metric("etcd_bridge_leader") == Some(1.0)
+        })
+        .await
     }
 
     /// Stops the bridge with SIGTERM (SIGKILL after 10 s) and waits for it to exit.
