@@ -24,7 +24,8 @@
 //! a write is sent, and the time a watch (etcd-client's, or kube's watcher) shows its effect.
 
 use etcd_bridge_testbed::TestBed;
-use etcd_bridge_testbed::process::{Proc, free_port};
+use etcd_bridge_testbed::audit::{self, AuditWrite};
+use etcd_bridge_testbed::process::{Proc, free_port, http_get};
 use etcd_client::{Client as Etcd, EventType, Txn, TxnOp, WatchOptions};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
@@ -35,7 +36,6 @@ use kube::api::{
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -834,19 +834,6 @@ fn stop_bridge(anomalies: &mut Vec<String>, bridge: &mut Bridge, what: &str) {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::net::TcpStream;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
 /// Sums every series of a metric family (lines `name{...} value` or `name value`).
 fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -906,63 +893,19 @@ fn histogram_delta(before: &str, after: &str) -> Value {
 
 struct Audit(PathBuf);
 
-#[derive(Debug)]
-struct AuditWrite {
-    verb: String,
-    resource: String,
-    user: String,
-    code: i64,
-}
-
 impl Audit {
     fn mark(&self) -> u64 {
-        std::fs::metadata(&self.0).map(|m| m.len()).unwrap_or(0)
+        audit::mark(&self.0)
     }
 
     /// The writes to Services and EndpointSlices in `namespace` since `from` (a [`mark`]) by
     /// anyone but kube-controller-manager (whose garbage collector deletes slices of deleted
     /// Services). The bench itself never writes there, so these are the bridge's.
     fn bridge_writes(&self, from: u64, namespace: &str) -> Vec<AuditWrite> {
-        let mut text = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(&self.0) {
-            let _ = f.seek(SeekFrom::Start(from));
-            let _ = f.read_to_end(&mut text);
-        }
-        let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        String::from_utf8_lossy(&text[..end])
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["stage"] == "ResponseComplete")
-            .filter(|e| e["objectRef"]["namespace"] == namespace)
-            .filter(|e| {
-                matches!(
-                    e["objectRef"]["resource"].as_str(),
-                    Some("services" | "endpointslices")
-                )
-            })
-            .filter(|e| {
-                matches!(
-                    e["verb"].as_str(),
-                    Some("create" | "update" | "patch" | "delete")
-                )
-            })
-            .filter(|e| {
-                !e["userAgent"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("kube-controller-manager")
-            })
-            .map(|e| AuditWrite {
-                verb: e["verb"].as_str().unwrap_or_default().to_string(),
-                resource: e["objectRef"]["resource"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                user: e["user"]["username"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                code: e["responseStatus"]["code"].as_i64().unwrap_or_default(),
+        audit::writes(&self.0, from, namespace)
+            .into_iter()
+            .filter(|w| {
+                w.changes_an_object() && !w.user_agent.starts_with("kube-controller-manager")
             })
             .collect()
     }

@@ -407,18 +407,21 @@ impl Reconciler {
         writer.view().prune();
     }
 
+    /// The target the Service `name` projects and its endpoint groups, if it has any endpoint.
+    fn wanted(&self, name: &str) -> Option<(&Target, projection::Groups)> {
+        let t = self.by_name.get(name)?;
+        let groups = projection::group(self.snapshot.registrations(t));
+        (!groups.is_empty()).then_some((t, groups))
+    }
+
     /// The endpoints (ip, port) of `name` in the cluster that the registry no longer has.
     fn removals(&self, writer: &Writer, name: &str) -> usize {
         let wanted: BTreeSet<(std::net::IpAddr, u16)> = self
-            .by_name
-            .get(name)
-            .map(|t| {
-                projection::group(self.snapshot.registrations(t))
-                    .into_iter()
-                    .flat_map(|(g, addrs)| addrs.into_iter().map(move |a| (a, g.port)))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .wanted(name)
+            .into_iter()
+            .flat_map(|(_, groups)| groups)
+            .flat_map(|(g, addrs)| addrs.into_iter().map(move |a| (a, g.port)))
+            .collect();
         writer
             .view()
             .slices_of(name)
@@ -530,10 +533,7 @@ impl Reconciler {
     /// was written.
     async fn sync_service(&self, writer: &Writer, name: &str) -> Result<bool> {
         let view = writer.view();
-        let want = self.by_name.get(name).and_then(|t| {
-            let groups = projection::group(self.snapshot.registrations(t));
-            (!groups.is_empty()).then_some((t, groups))
-        });
+        let want = self.wanted(name);
         let current = view.service(name);
         let Some((target, groups)) = want else {
             return match current {

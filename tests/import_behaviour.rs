@@ -32,7 +32,7 @@ async fn put(etcd: &mut etcd_client::Client, key: &str, value: impl Into<Vec<u8>
 }
 
 /// The bridge's writes of the EndpointSlices of Service `service` since `mark`.
-fn slice_writes(scope: &Scope, mark: usize, service: &str) -> Vec<AuditWrite> {
+fn slice_writes(scope: &Scope, mark: u64, service: &str) -> Vec<AuditWrite> {
     let user = bridge_user(&scope.namespace);
     object_writes(&audit_writes(
         &scope.bed.cluster.audit_log(),

@@ -1,7 +1,6 @@
 //! A real etcd (Debian's `etcd-server`) on loopback, with its data in a directory of its own.
 
 use crate::process::{Proc, free_port, wait_until};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -142,16 +141,8 @@ fn port_open(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
-/// etcd's own `/health`, over plain HTTP/1.0 so the test bed needs no HTTP client.
+/// etcd's own `/health`.
 fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
+    crate::process::http_get(port, "/health")
+        .is_some_and(|(_, body)| body.contains("\"health\":\"true\""))
 }

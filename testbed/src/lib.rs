@@ -5,6 +5,7 @@
 //! [`TestBed::shared`] panics, it never skips.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod control_plane;
 pub mod etcd;
 pub mod pki;

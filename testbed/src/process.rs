@@ -177,6 +177,20 @@ pub fn wait_until(
     }
 }
 
+/// A plain HTTP/1.0 GET on 127.0.0.1:`port` (no HTTP client needed): (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
 /// Writes `contents` to `path`, creating parent directories.
 pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), String> {
     if let Some(parent) = path.parent() {

@@ -318,15 +318,7 @@ impl Bridge {
 
     /// GET a path of the bridge's HTTP server: (status code, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        etcd_bridge_testbed::process::http_get(self.http_port, path)
     }
 
     /// The value of one metric line (exact series, e.g. `etcd_bridge_leader`).
@@ -388,55 +380,14 @@ pub fn bridge_user(namespace: &str) -> String {
     format!("system:serviceaccount:{namespace}:etcd-bridge")
 }
 
-/// One write request from the control plane's audit log.
-#[derive(Debug, Clone)]
-pub struct AuditWrite {
-    pub verb: String,
-    pub resource: String,
-    pub namespace: String,
-    pub name: String,
-    pub user: String,
-    pub user_agent: String,
-    pub code: i64,
-}
-
-/// How many lines the audit log at `path` has now: a mark to read [`audit_writes`] from.
-pub fn audit_mark(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
-/// Every write in the audit log at `path` after line `from` (an [`audit_mark`]) in `namespace`.
-/// Each request is logged once, at the ResponseComplete stage (RequestReceived is omitted).
-pub fn audit_writes(path: &Path, from: usize, namespace: &str) -> Vec<AuditWrite> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .skip(from)
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| e["objectRef"]["namespace"] == namespace)
-        .map(|e| {
-            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-            AuditWrite {
-                verb: s(&e["verb"]),
-                resource: s(&e["objectRef"]["resource"]),
-                namespace: s(&e["objectRef"]["namespace"]),
-                name: s(&e["objectRef"]["name"]),
-                user: s(&e["user"]["username"]),
-                user_agent: s(&e["userAgent"]),
-                code: e["responseStatus"]["code"].as_i64().unwrap_or_default(),
-            }
-        })
-        .collect()
-}
+#[allow(unused_imports)] // not every test binary counts writes
+pub use etcd_bridge_testbed::audit::{AuditWrite, mark as audit_mark, writes as audit_writes};
 
 /// The writes among `writes` that change Services or EndpointSlices (not Leases, not Events).
 pub fn object_writes(writes: &[AuditWrite]) -> Vec<AuditWrite> {
     writes
         .iter()
-        .filter(|w| matches!(w.resource.as_str(), "services" | "endpointslices"))
-        .filter(|w| matches!(w.verb.as_str(), "create" | "update" | "patch" | "delete"))
+        .filter(|w| w.changes_an_object())
         .cloned()
         .collect()
 }
