@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
-# Build: the same command `make` runs, in a stage that has protoc (etcd-client compiles its
-# protobufs at build time).
+# Build: the same command `make` runs, in a stage that has protoc and the well-known .proto files
+# (google/protobuf/*.proto, from libprotobuf-dev): etcd-client compiles its protobufs at build time.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -2,6 +2,11 @@
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
+# Compiled crates live outside the checkout, beside the other caches, so a fresh clone (CI's, or a
+# second worktree) reuses them instead of compiling ~300 crates again.
+export ETCD_BRIDGE_CACHE ?= $(HOME)/.cache/etcd-bridge
+export CARGO_TARGET_DIR ?= $(ETCD_BRIDGE_CACHE)/target
+T := $(CARGO_TARGET_DIR)
 
 .PHONY: help deps build demo test lint bench crds clean-cache
 
@@ -19,7 +24,7 @@ build: deps
 	$(CARGO) build --workspace --bins --examples
 
 demo: build
-	target/debug/examples/demo --bridge target/debug/etcd-bridge
+	$(T)/debug/examples/demo --bridge $(T)/debug/etcd-bridge
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -29,9 +34,9 @@ test: deps lint
 	$(CARGO) test --workspace --all-targets
 	@echo ">> the demo, end to end (--once)"
 	$(CARGO) build --bin etcd-bridge --example demo
-	target/debug/examples/demo --bridge target/debug/etcd-bridge --once
+	$(T)/debug/examples/demo --bridge $(T)/debug/etcd-bridge --once
 	@echo ">> the benchmark harness, smoke size"
-	$(CARGO) build --bin etcd-bridge --example bench && target/debug/examples/bench --smoke --bridge target/debug/etcd-bridge
+	$(CARGO) build --bin etcd-bridge --example bench && $(T)/debug/examples/bench --smoke --bridge $(T)/debug/etcd-bridge
 	@echo ">> the Dockerfile's build steps, without Docker (a release build)"
 	hack/docker-build-check.sh
 
@@ -41,7 +46,7 @@ test: deps lint
 bench: deps
 	@echo ">> cargo build --release (the first release build compiles ~300 crates: several minutes)"
 	$(CARGO) build --release --bin etcd-bridge --example bench
-	target/release/examples/bench --bridge target/release/etcd-bridge --out target/bench $(BENCH_ARGS)
+	$(T)/release/examples/bench --bridge $(T)/release/etcd-bridge --out target/bench $(BENCH_ARGS)
 
 # The CRD YAML is generated from src/writeback/crd.rs, never edited by hand.
 crds:
@@ -49,6 +54,6 @@ crds:
 	mkdir -p charts/etcd-bridge/crds
 	cp crds/etcdregistrations.etcd-bridge.io.yaml charts/etcd-bridge/crds/
 
-# Removes the cached Kubernetes binaries and helm (the next run rebuilds them).
+# Removes the cached Kubernetes binaries, helm and compiled crates (the next run rebuilds them).
 clean-cache:
-	rm -rf $${ETCD_BRIDGE_CACHE:-$$HOME/.cache/etcd-bridge}
+	rm -rf $(ETCD_BRIDGE_CACHE)

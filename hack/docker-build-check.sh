@@ -36,6 +36,7 @@ build_cmd=$(grep -E '^RUN cargo ' <<<"$build_stage" | sed 's/^RUN //')
 [[ "$build_cmd" == "cargo build --release --locked --bin etcd-bridge" ]] ||
   fail "the build stage runs '$build_cmd', not 'cargo build --release --locked --bin etcd-bridge': update this script with the Dockerfile"
 grep -q 'protobuf-compiler' <<<"$build_stage" || fail "the build stage does not install protobuf-compiler (etcd-client compiles .proto files)"
+grep -q 'libprotobuf-dev' <<<"$build_stage" || fail "the build stage does not install libprotobuf-dev (the well-known google/protobuf/*.proto files protoc imports)"
 grep -qE '^COPY --from=build /src/target/release/etcd-bridge ' Dockerfile || fail "the runtime stage does not copy /src/target/release/etcd-bridge"
 grep -qE '^USER 65532' Dockerfile || fail "the runtime stage does not run as 65532 (the chart's runAsUser)"
 ok "build stage $build_image: $build_cmd; runtime stage $run_image"
