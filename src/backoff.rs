@@ -39,6 +39,20 @@ impl Backoff {
     }
 }
 
+/// So kube-runtime's watchers retry with the same policy as the rest of the bridge.
+impl Iterator for Backoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
+impl kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        Backoff::reset(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

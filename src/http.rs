@@ -11,6 +11,7 @@ use axum::routing::get;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` reports.
@@ -45,9 +46,19 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+/// Binds `addr` for [`serve`]. Separate, so that a failure stops the bridge at start.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+        context: format!(
+            "listen on {addr} for /healthz, /readyz and /metrics (is another process using it? choose another address with --listen)"
+        ),
+        source,
+    })
+}
+
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -57,14 +68,10 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(Shared { health, metrics });
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Io {
-            context: format!(
-                "listen on {addr} for /healthz, /readyz and /metrics (choose another with --listen)"
-            ),
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "read the address of the HTTP listener".into(),
+        source,
+    })?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

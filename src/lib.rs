@@ -1,8 +1,9 @@
 //! etcd-bridge: projects an etcd gRPC service registry (the seed's `Register`/`Resolver` format)
 //! into Kubernetes Services and EndpointSlices.
 //!
-//! The pure core (`registry`, `target`, `naming`, `projection`, `slicing`, `diff`) has no I/O; the
-//! shells (`etcd`, `k8s`, `leader`, `http`) move data between it and the outside world.
+//! The pure core (`registry`, `target`, `naming`, `projection`, `slicing`, `diff`, and the
+//! planner in `import`) has no I/O; the shells (`etcd`, `k8s`, `leader`, `http`, the import
+//! reconciler) move data between it and the outside world.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -11,6 +12,7 @@ pub mod diff;
 pub mod error;
 pub mod etcd;
 pub mod http;
+pub mod import;
 pub mod k8s;
 pub mod labels;
 pub mod leader;
@@ -18,7 +20,6 @@ pub mod metrics;
 pub mod naming;
 pub mod preview;
 pub mod projection;
-pub mod reconciler;
 pub mod registry;
 pub mod slicing;
 pub mod snapshot;

@@ -5,11 +5,11 @@ use anyhow::Context;
 use clap::Parser;
 use etcd_bridge::config::{Cli, Command, LogFormat, PreviewArgs, PreviewOutput, RunArgs};
 use etcd_bridge::http::{self, Health};
+use etcd_bridge::import::{self, Reconciler, Tuning};
 use etcd_bridge::k8s::{ClusterView, Writer};
 use etcd_bridge::leader::Leadership;
 use etcd_bridge::metrics::Metrics;
 use etcd_bridge::preview;
-use etcd_bridge::reconciler::{self, Reconciler, Tuning};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -72,17 +72,20 @@ fn identity(args: &RunArgs) -> String {
     })
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-fn on_signal(token: CancellationToken) {
+/// Cancels `token` on SIGTERM or SIGINT. The handlers are installed here, before anything
+/// starts: a bridge that could not be stopped gracefully must not start at all.
+fn on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
         token.cancel();
     });
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -97,18 +100,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.lease_duration
         );
     }
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone())?;
+    // Bound before anything else starts: a bridge without /healthz, /readyz and /metrics would
+    // be restarted by its probes with nothing in its log to say why.
+    let listener = http::bind(args.listen).await?;
     let client = kube_client(&args).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    let shutdown = CancellationToken::new();
-    on_signal(shutdown.clone());
 
-    let server = tokio::spawn(http::serve(
-        args.listen,
-        health.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let server = {
+        let (health, metrics, shutdown) = (health.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let r = http::serve(listener, health, metrics, shutdown.clone()).await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the HTTP server stopped; shutting down");
+                shutdown.cancel();
+            }
+            r
+        })
+    };
 
     let ns = &args.projection.namespace;
     let (view, cluster_rx) = ClusterView::start(client.clone(), ns, &args.projection.instance);
@@ -179,7 +190,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         health.clone(),
     );
-    reconciler::run(
+    import::run(
         reconciler,
         writer,
         etcd_rx,
@@ -203,7 +214,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     leadership.release().await;
-    let _ = server.await;
+    server.await.context("the HTTP server task")??;
     tracing::info!("stopped");
     Ok(())
 }

@@ -27,6 +27,12 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// `put` or `delete`.
+    pub verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -40,6 +46,7 @@ pub struct Metrics {
     pub slices: Gauge,
     pub api_writes: Family<WriteLabels, Counter>,
     pub api_errors: Family<WriteLabels, Counter>,
+    pub etcd_writes: Family<VerbLabels, Counter>,
     pub sync_latency: Histogram,
     pub watch_restarts: Counter,
     pub compaction_relists: Counter,
@@ -59,6 +66,7 @@ impl Default for Metrics {
             slices: Gauge::default(),
             api_writes: Family::default(),
             api_errors: Family::default(),
+            etcd_writes: Family::default(),
             // 1 ms .. ~16 s.
             sync_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             watch_restarts: Counter::default(),
@@ -87,8 +95,13 @@ impl Default for Metrics {
         );
         registry.register(
             "api_writes",
-            "Kubernetes API writes, by verb and kind",
+            "Kubernetes API writes (Services, EndpointSlices), by verb and kind",
             m.api_writes.clone(),
+        );
+        registry.register(
+            "etcd_writes",
+            "etcd writes of written-back registrations that changed a key, by verb",
+            m.etcd_writes.clone(),
         );
         registry.register(
             "api_write_errors",
@@ -97,7 +110,7 @@ impl Default for Metrics {
         );
         registry.register(
             "sync_latency_seconds",
-            "From an etcd event to its object applied in Kubernetes (initial sync excluded)",
+            "From the oldest etcd event of a flush to the end of that flush's writes, once per flush that wrote (initial sync excluded)",
             m.sync_latency.clone(),
         );
         registry.register(
@@ -147,6 +160,10 @@ impl Metrics {
         self.api_writes
             .get_or_create(&WriteLabels { verb, kind })
             .inc();
+    }
+
+    pub fn etcd_write(&self, verb: &'static str) {
+        self.etcd_writes.get_or_create(&VerbLabels { verb }).inc();
     }
 
     pub fn write_error(&self, verb: &'static str, kind: &'static str) {

@@ -14,31 +14,131 @@ pub const MAX_LABEL: usize = 63;
 /// The DNS-1035 label for `raw`. A name that already is one is kept as it is; any other gets a
 /// hash of `raw` appended, so that two raw names that sanitise alike still differ.
 pub fn dns_label(raw: &str) -> String {
-    let base = sanitize(raw);
-    if base == raw && base.len() <= MAX_LABEL {
-        base
+    if is_dns1035_label(raw) {
+        raw.to_owned()
     } else {
-        with_hash(&base, &hash8(raw.as_bytes()))
+        with_hash(&sanitize(raw), &hash8(raw.as_bytes()))
     }
 }
 
-/// Lowercases, turns every run of other characters into one `-`, trims `-`, and makes sure the
-/// label starts with a letter. Never empty; may be longer than 63.
+/// Whether `s` is a DNS-1035 label: what a Service name must be.
+fn is_dns1035_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_LABEL
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// Lowercases ASCII letters, turns every run of other characters into one `-`, trims `-`, and
+/// makes sure the label starts with a letter. A word with non-ASCII letters or digits (`服务`,
+/// `café`) becomes its IDNA A-label (`xn--zfr188b`, `xn--caf-dma`): the form DNS itself gives
+/// such names, so the service stays recognisable instead of vanishing. Never empty; may be
+/// longer than 63.
 fn sanitize(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
-    for c in raw.chars().map(|c| c.to_ascii_lowercase()) {
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.is_empty() && !out.ends_with('-') {
+    for word in raw.split(|c: char| !c.is_alphanumeric()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
             out.push('-');
         }
+        let word = word.to_ascii_lowercase();
+        match word.is_ascii() {
+            true => out.push_str(&word),
+            // Only fails on overflow, for words far longer than any label: drop such a word.
+            false => match punycode(&word) {
+                Some(encoded) => {
+                    out.push_str("xn--");
+                    out.push_str(&encoded);
+                }
+                None => {
+                    out.pop();
+                }
+            },
+        }
     }
-    let trimmed = out.trim_end_matches('-');
-    match trimmed.chars().next() {
+    match out.chars().next() {
         None => "svc".to_owned(),
-        Some(c) if c.is_ascii_lowercase() => trimmed.to_owned(),
-        Some(_) => format!("s-{trimmed}"),
+        Some(c) if c.is_ascii_lowercase() => out,
+        Some(_) => format!("s-{out}"),
     }
+}
+
+/// RFC 3492 Punycode of `input` (without the `xn--`), as IDNA uses it for one DNS label.
+/// `None` on arithmetic overflow, which only inputs of many kilobytes reach.
+fn punycode(input: &str) -> Option<String> {
+    const BASE: u32 = 36;
+    const TMIN: u32 = 1;
+    const TMAX: u32 = 26;
+    const INITIAL_N: u32 = 128;
+    const INITIAL_BIAS: u32 = 72;
+    fn adapt(delta: u32, points: u32, first: bool) -> u32 {
+        const SKEW: u32 = 38;
+        const DAMP: u32 = 700;
+        let mut delta = if first { delta / DAMP } else { delta / 2 };
+        delta += delta / points;
+        let mut k = 0;
+        while delta > ((BASE - TMIN) * TMAX) / 2 {
+            delta /= BASE - TMIN;
+            k += BASE;
+        }
+        k + (BASE - TMIN + 1) * delta / (delta + SKEW)
+    }
+    fn digit(d: u32) -> char {
+        // d < 36: a-z then 0-9.
+        char::from(if d < 26 {
+            b'a' + d as u8
+        } else {
+            b'0' + (d - 26) as u8
+        })
+    }
+    let code_points: Vec<u32> = input.chars().map(u32::from).collect();
+    let mut out: String = input.chars().filter(char::is_ascii).collect();
+    let basic = out.len() as u32;
+    if basic > 0 {
+        out.push('-');
+    }
+    let (mut n, mut delta, mut bias, mut handled) = (INITIAL_N, 0u32, INITIAL_BIAS, basic);
+    while (handled as usize) < code_points.len() {
+        let m = code_points.iter().copied().filter(|&c| c >= n).min()?;
+        delta = delta.checked_add((m - n).checked_mul(handled + 1)?)?;
+        n = m;
+        for &c in &code_points {
+            if c < n {
+                delta = delta.checked_add(1)?;
+            }
+            if c == n {
+                let mut q = delta;
+                let mut k = BASE;
+                loop {
+                    let t = if k <= bias {
+                        TMIN
+                    } else if k >= bias + TMAX {
+                        TMAX
+                    } else {
+                        k - bias
+                    };
+                    if q < t {
+                        break;
+                    }
+                    out.push(digit(t + (q - t) % (BASE - t)));
+                    q = (q - t) / (BASE - t);
+                    k += BASE;
+                }
+                out.push(digit(q));
+                bias = adapt(delta, handled + 1, handled == basic);
+                delta = 0;
+                handled += 1;
+            }
+        }
+        delta = delta.checked_add(1)?;
+        n += 1;
+    }
+    Some(out)
 }
 
 /// `{base cut}-{hash}`, at most 63 characters, never with a doubled or dangling `-`.
@@ -91,15 +191,50 @@ fn candidate(target: &Target, attempt: u32) -> String {
     with_hash(&sanitize(&target.raw_name()), &hash8(identity.as_bytes()))
 }
 
-/// Names every target, uniquely. Targets compete for names in rounds: in each round every
-/// unnamed target asks for its next candidate; a name already given stays with its holder, and
-/// among new claimants the smallest target wins. The result depends only on the set of targets,
-/// not on their order. Every contested name is reported.
+/// Names every target, uniquely and stably.
+///
+/// `in_use` maps names that already serve someone (read back from the annotations of the
+/// Services that exist, plus the last assignment) to the target they serve. A name in use keeps
+/// its owner for as long as the owner is registered: clients of that name must never be moved to
+/// another service behind their back. A name in use whose owner is gone stays reserved (its
+/// Service is about to be deleted) and is free once that Service is gone.
+///
+/// Everyone else competes for names in rounds: in each round every unnamed target asks for its
+/// next candidate; a name already given or reserved stays as it is, and among new claimants the
+/// smallest target wins. The result depends only on `in_use` and the set of targets, not on their
+/// order. Every contested name is reported.
 pub fn assign<'a>(
     targets: impl IntoIterator<Item = &'a Target>,
+    in_use: &BTreeMap<String, Target>,
 ) -> (BTreeMap<Target, String>, Vec<Collision>) {
     let mut pending: BTreeSet<&Target> = targets.into_iter().collect();
+    // Name -> who has it: a target being named now, or the gone owner it stays reserved for.
     let mut holders: BTreeMap<String, &Target> = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    // Owners keep their names. A target with two (left by an older bridge) keeps its first
+    // choice, else the smallest, and the other stays reserved until its Service is deleted.
+    let mut owned: BTreeMap<&Target, Vec<&String>> = BTreeMap::new();
+    for (name, owner) in in_use {
+        owned.entry(owner).or_default().push(name);
+    }
+    for (owner, owned_names) in owned {
+        let Some(&target) = pending.get(owner) else {
+            for name in owned_names {
+                holders.insert(name.clone(), owner);
+            }
+            continue;
+        };
+        let first = candidate(target, 0);
+        let keep = owned_names
+            .iter()
+            .find(|n| ***n == first)
+            .unwrap_or(&owned_names[0]);
+        for name in &owned_names {
+            holders.insert((*name).clone(), owner);
+        }
+        names.insert(target.clone(), (*keep).clone());
+        pending.remove(target);
+    }
     let mut collisions = Vec::new();
     let mut attempt = 0;
     while !pending.is_empty() {
@@ -117,6 +252,7 @@ pub fn assign<'a>(
                 Some(&holder) => (holder, &claimants[..]),
                 None => {
                     holders.insert(name.clone(), claimants[0]);
+                    names.insert(claimants[0].clone(), name.clone());
                     (claimants[0], &claimants[1..])
                 }
             };
@@ -132,10 +268,6 @@ pub fn assign<'a>(
         pending = unnamed;
         attempt += 1;
     }
-    let names = holders
-        .into_iter()
-        .map(|(name, target)| (target.clone(), name))
-        .collect();
     (names, collisions)
 }
 
@@ -157,17 +289,6 @@ mod tests {
     use super::*;
     use crate::projection::AddressType;
     use proptest::prelude::*;
-
-    /// Whether `s` is a DNS-1035 label: what a Service name must be.
-    fn is_dns1035_label(s: &str) -> bool {
-        let b = s.as_bytes();
-        !b.is_empty()
-            && b.len() <= MAX_LABEL
-            && b[0].is_ascii_lowercase()
-            && b[b.len() - 1] != b'-'
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-    }
 
     fn t(prefix: &str, name: &str, version: Option<&str>) -> Target {
         Target {
@@ -197,7 +318,7 @@ mod tests {
         assert_eq!(dns_label("-1"), format!("s-1-{}", h("-1")));
         assert_eq!(dns_label(""), format!("svc-{}", h("")));
         assert_eq!(dns_label("---"), format!("svc-{}", h("---")));
-        assert_eq!(dns_label("日本"), format!("svc-{}", h("日本")));
+        assert_eq!(dns_label("日本"), format!("xn--wgv71a-{}", h("日本")));
         assert_eq!(dns_label("greeter-"), format!("greeter-{}", h("greeter-")));
         assert_ne!(dns_label("a.b"), dns_label("a_b"));
     }
@@ -220,11 +341,103 @@ mod tests {
         );
     }
 
+    fn none() -> BTreeMap<String, Target> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn punycode_matches_rfc_3492() {
+        // RFC 3492 section 7.1 samples, and the IDNA labels of well-known domains.
+        for (unicode, ascii) in [
+            ("bücher", "bcher-kva"),
+            ("münchen", "mnchen-3ya"),
+            ("中国", "fiqs8s"),
+            ("ليهمابتكلموشعربي؟", "egbpdaj6bu4bxfgehfvwxn"),
+            ("他们为什么不说中文", "ihqwcrb4cv8a8dqg056pqjye"),
+            ("3年B組金八先生", "3B-ww4c5e180e575a65lsy2b"),
+            ("abc", "abc-"),
+        ] {
+            assert_eq!(punycode(unicode).as_deref(), Some(ascii), "{unicode}");
+        }
+    }
+
+    #[test]
+    fn non_ascii_names_keep_a_recognisable_form() {
+        // Before, 服务 (version v1) became `v1-<hash>`: nothing of the service was left.
+        let t = t("/", "服务", Some("v1"));
+        let label = dns_label(&t.raw_name());
+        assert_eq!(
+            label,
+            format!("xn--zfr188b-v1-{}", hash8("服务-v1".as_bytes()))
+        );
+        assert!(is_dns1035_label(&label));
+        assert_eq!(
+            dns_label("café.v2"),
+            format!("xn--caf-dma-v2-{}", hash8("café.v2".as_bytes()))
+        );
+    }
+
+    #[test]
+    fn a_name_in_use_keeps_its_owner_and_the_newcomer_gets_a_suffix() {
+        // Issue 10, hole 4: Service `c-d` serves the target `c-d`; then `c` with version `d`
+        // registers. Sorted alone, (`c`, `d`) < (`c-d`) would win the name.
+        let old = t("/", "c-d", None);
+        let newcomer = t("/", "c", Some("d"));
+        let fresh = assign([&old, &newcomer], &none()).0;
+        assert_eq!(
+            fresh[&newcomer], "c-d",
+            "the sort-order rule, without names in use"
+        );
+        let in_use = BTreeMap::from([("c-d".to_string(), old.clone())]);
+        let (names, collisions) = assign([&old, &newcomer], &in_use);
+        assert_eq!(names[&old], "c-d");
+        assert_eq!(names[&newcomer], candidate(&newcomer, 1));
+        assert_eq!(
+            collisions,
+            vec![Collision {
+                name: "c-d".into(),
+                winner: old.clone(),
+                losers: vec![newcomer.clone()],
+            }]
+        );
+        // And it stays so once the newcomer's own name is in use (restart, new leader).
+        let mut in_use = in_use;
+        in_use.insert(names[&newcomer].clone(), newcomer.clone());
+        assert_eq!(assign([&newcomer, &old], &in_use).0, names);
+    }
+
+    #[test]
+    fn a_gone_owners_name_stays_reserved_until_its_service_is_deleted() {
+        let gone = t("/", "x", Some("1"));
+        let newcomer = t("/", "x-1", None);
+        let in_use = BTreeMap::from([("x-1".to_string(), gone.clone())]);
+        let (names, collisions) = assign([&newcomer], &in_use);
+        assert_ne!(names[&newcomer], "x-1");
+        assert!(!names.contains_key(&gone));
+        assert_eq!(collisions[0].winner, gone);
+        // Deleted: the name is free.
+        assert_eq!(assign([&newcomer], &none()).0[&newcomer], "x-1");
+    }
+
+    #[test]
+    fn a_target_holding_two_names_keeps_its_first_choice() {
+        let a = t("/", "a", None);
+        let in_use = BTreeMap::from([
+            ("a".to_string(), a.clone()),
+            ("a-12345678".to_string(), a.clone()),
+        ]);
+        let b = t("/", "a-12345678", None);
+        let (names, _) = assign([&a, &b], &in_use);
+        assert_eq!(names[&a], "a");
+        // The other name stays reserved while its (orphaned) Service exists.
+        assert_ne!(names[&b], "a-12345678");
+    }
+
     #[test]
     fn version_and_dashed_aggregate_collide_deterministically() {
         let version = t("/", "a", Some("b"));
         let aggregate = t("/", "a-b", None);
-        let (names, collisions) = assign([&aggregate, &version]);
+        let (names, collisions) = assign([&aggregate, &version], &none());
         // ("a", Some("b")) < ("a-b", None): the versioned target keeps the plain name.
         assert_eq!(names[&version], "a-b");
         assert_ne!(names[&aggregate], "a-b");
@@ -243,7 +456,7 @@ mod tests {
     fn same_name_under_two_prefixes() {
         let a = t("/", "greeter", None);
         let b = t("/other/", "greeter", None);
-        let (names, collisions) = assign([&b, &a]);
+        let (names, collisions) = assign([&b, &a], &none());
         assert_eq!(names[&a], "greeter");
         assert_ne!(names[&b], "greeter");
         assert_eq!(collisions.len(), 1);
@@ -255,7 +468,7 @@ mod tests {
         let winner = t("/", "x", None);
         let loser = t("/other/", "x", None);
         let squatter = t("/other/", &candidate(&loser, 1), None);
-        let (names, collisions) = assign([&winner, &loser, &squatter]);
+        let (names, collisions) = assign([&winner, &loser, &squatter], &none());
         assert_eq!(names[&winner], "x");
         assert_eq!(names[&squatter], candidate(&loser, 1));
         assert_eq!(names[&loser], candidate(&loser, 2));
@@ -316,7 +529,7 @@ mod tests {
                 .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle())),
         ) {
             let (first, second) = targets;
-            let (names, collisions) = assign(&first);
+            let (names, collisions) = assign(&first, &none());
             let distinct: BTreeSet<&Target> = first.iter().collect();
             prop_assert_eq!(names.len(), distinct.len());
             let unique: BTreeSet<&String> = names.values().collect();
@@ -330,7 +543,31 @@ mod tests {
                     prop_assert_ne!(&names[loser], &c.name);
                 }
             }
-            prop_assert_eq!(assign(&second), (names, collisions));
+            prop_assert_eq!(assign(&second, &none()), (names, collisions));
+        }
+
+        #[test]
+        fn names_in_use_never_move(
+            before in proptest::collection::vec(target_strategy(), 0..16),
+            after in proptest::collection::vec(target_strategy(), 0..16),
+        ) {
+            // Whatever registers or goes, a target that keeps registering keeps its name, and
+            // names stay unique and never go to a target other than their owner.
+            let (first, _) = assign(&before, &none());
+            let in_use: BTreeMap<String, Target> =
+                first.iter().map(|(t, n)| (n.clone(), t.clone())).collect();
+            let both: Vec<Target> = after.iter().chain(before.iter().take(8)).cloned().collect();
+            let (second, _) = assign(&both, &in_use);
+            for (t, n) in &second {
+                if let Some(old) = first.get(t) {
+                    prop_assert_eq!(old, n);
+                }
+                if let Some(owner) = in_use.get(n) {
+                    prop_assert_eq!(owner, t);
+                }
+            }
+            let unique: BTreeSet<&String> = second.values().collect();
+            prop_assert_eq!(unique.len(), second.len());
         }
     }
 }

@@ -1,15 +1,17 @@
 //! `etcd-bridge preview`: what `run` would write, from etcd alone, and every key it would skip.
 
 use crate::config::{EtcdArgs, ProjectionArgs};
+use crate::diff::SliceChange;
 use crate::error::Result;
+use crate::import::plan::{self, Decision, ServiceStep, Wanted};
 use crate::naming::{self, Collision};
 use crate::projection::{self, ProjectionConfig};
 use crate::registry::SkipReason;
-use crate::slicing;
 use crate::snapshot::Snapshot;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 pub struct Report {
@@ -32,21 +34,36 @@ pub async fn preview(etcd: &EtcdArgs, proj: &ProjectionArgs) -> Result<Report> {
 }
 
 impl Report {
-    /// The objects a fresh `run` would write for `snapshot`.
+    /// The objects a fresh `run` would write for `snapshot`: the same planner as `run`, against
+    /// an empty cluster.
     pub fn from_snapshot(snapshot: &Snapshot, cfg: &ProjectionConfig) -> Report {
-        let (names, collisions) = naming::assign(snapshot.targets());
+        let (names, collisions) = naming::assign(snapshot.targets(), &BTreeMap::new());
         let mut services = Vec::new();
         for (target, name) in &names {
             let groups = projection::group(snapshot.registrations(target));
             if groups.is_empty() {
                 continue;
             }
-            let svc = projection::service(name, target, &groups, cfg);
-            let slices = slicing::plan(name, &groups, &[], cfg.max_endpoints_per_slice)
-                .iter()
-                .map(|p| projection::slice(name, &p.name, &p.group, &p.addrs, cfg))
+            let wanted = Wanted {
+                target: target.clone(),
+                groups,
+            };
+            let Decision::Converge {
+                service: ServiceStep::Apply(svc),
+                groups,
+                ..
+            } = plan::decide(name, Some(&wanted), None, &[], false, cfg)
+            else {
+                unreachable!("with nothing in the cluster, a wanted Service is always applied")
+            };
+            let slices = plan::slice_changes(name, &groups, &[], None, cfg)
+                .into_iter()
+                .filter_map(|c| match c {
+                    SliceChange::Apply(s) => Some(s),
+                    SliceChange::Delete(_) => None,
+                })
                 .collect();
-            services.push((svc, slices));
+            services.push((*svc, slices));
         }
         services.sort_by_key(|(s, _)| s.name_any());
         Report {

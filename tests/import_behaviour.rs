@@ -230,18 +230,23 @@ async fn colliding_names_get_distinct_services_and_the_collision_is_counted() {
     let apis = apis(&scope).await;
     let mut etcd = scope.etcd().await;
     // Name `a-b` without a version: its aggregate wants `a-b`. Name `a`, version `b`: its
-    // versioned target wants `a-b` too (and its aggregate is `a`).
-    register(
-        &mut etcd,
-        &scope.prefix,
-        "a-b",
-        "",
-        "10.61.0.1:7000",
-        1,
-        300,
-    )
-    .await;
-    register(&mut etcd, &scope.prefix, "a", "b", "10.61.0.2:7000", 1, 300).await;
+    // versioned target wants `a-b` too (and its aggregate is `a`). Both new, in one transaction
+    // (so one flush): the first in sort order gets the name. (A name already in use keeps its
+    // owner instead: tests/import_decisions.rs.)
+    let lease = etcd.lease_grant(300, None).await.unwrap().id();
+    let put = |name: &str, version: &str, addr: &str| {
+        etcd_client::TxnOp::put(
+            seed_key(&scope.prefix, name, version, addr),
+            seed_value(name, version, addr, 1),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+    };
+    etcd.txn(etcd_client::Txn::new().and_then([
+        put("a-b", "", "10.61.0.1:7000"),
+        put("a", "b", "10.61.0.2:7000"),
+    ]))
+    .await
+    .unwrap();
 
     let (by_target, names) = eventually("three Services", WAIT, || async {
         let list = apis.services.list(&ListParams::default()).await.ok()?;

@@ -146,8 +146,18 @@ pub fn is_owned<K: Resource>(obj: &K, instance: &str) -> bool {
             .is_some_and(|v| v == instance)
 }
 
+/// How the view's watches retry. kube-runtime's default grows to 30 s, so after an apiserver
+/// outage the view (and drift repair) would lag that long; two watches retrying every 2 s at
+/// most cost the apiserver nothing.
+fn watch_backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(2),
+    )
+}
+
 impl ClusterView {
-    /// Starts the two watches (with kube-runtime's default backoff) and returns the view and a
+    /// Starts the two watches (retrying with [`watch_backoff`]) and returns the view and a
     /// channel of changes. The watches run until the process ends.
     pub fn start(
         client: Client,
@@ -164,7 +174,7 @@ impl ClusterView {
         let svc_stream = reflector::reflector(
             svc_writer,
             watcher(svc_api, watcher::Config::default())
-                .default_backoff()
+                .backoff(watch_backoff())
                 .modify(|s: &mut Service| s.managed_fields_mut().clear()),
         );
         let slice_stream = reflector::reflector(
@@ -173,7 +183,7 @@ impl ClusterView {
                 slice_api,
                 watcher::Config::default().labels(&owned_selector(instance)),
             )
-            .default_backoff()
+            .backoff(watch_backoff())
             .modify(|s: &mut EndpointSlice| s.managed_fields_mut().clear()),
         );
         let index = Arc::new(Mutex::new(HashMap::<String, BTreeSet<String>>::new()));

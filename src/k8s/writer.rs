@@ -22,6 +22,7 @@ pub enum Outcome {
 }
 
 pub struct Writer {
+    client: Client,
     recorder: Recorder,
     services: Api<Service>,
     slices: Api<EndpointSlice>,
@@ -45,6 +46,7 @@ impl Writer {
             instance: std::env::var("POD_NAME").ok(),
         };
         Writer {
+            client: client.clone(),
             recorder: Recorder::new(client.clone(), reporter),
             services: Api::namespaced(client.clone(), &ns),
             slices: Api::namespaced(client, &ns),
@@ -141,6 +143,16 @@ impl Writer {
             .unwrap_or(0);
         self.view.record_slice(&name, None, rv);
         Ok(())
+    }
+
+    /// Whether the apiserver answers a cheap request (GET /version) within a second: used to
+    /// retry at once when it is back, rather than wait out a backoff grown during an outage.
+    pub async fn api_answers(&self) -> bool {
+        let probe = self.client.apiserver_version();
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), probe).await,
+            Ok(Ok(_))
+        )
     }
 
     /// A Warning Event on `obj`. Best effort: failing to report is logged, never fatal.

@@ -268,6 +268,15 @@ pub struct Bridge {
     pub http_port: u16,
 }
 
+/// The `etcd-bridge` binary the tests run: this build's, or `ETCD_BRIDGE_TEST_BIN` (e.g. a build
+/// of an older commit, to see a new test fail before its fix).
+pub fn bridge_binary() -> PathBuf {
+    std::env::var_os("ETCD_BRIDGE_TEST_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_etcd-bridge")))
+}
+
 impl Bridge {
     pub fn start(scope: &Scope, kubeconfig: &Path, extra: &[&str]) -> Bridge {
         Bridge::start_with(
@@ -295,8 +304,10 @@ impl Bridge {
             format!("--prefix={}", target.prefix),
             format!("--namespace={}", target.namespace),
             format!("--kubeconfig={}", target.kubeconfig.display()),
-            format!("--listen=127.0.0.1:{http_port}"),
         ];
+        if !extra.iter().any(|a| a.starts_with("--listen")) {
+            args.push(format!("--listen=127.0.0.1:{http_port}"));
+        }
         if !extra.iter().any(|a| a.starts_with("--lease-duration")) {
             args.push("--lease-duration=4s".into());
         }
@@ -306,13 +317,8 @@ impl Bridge {
             args.push("--writeback=false".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn(
-            "etcd-bridge",
-            Path::new(env!("CARGO_BIN_EXE_etcd-bridge")),
-            &args,
-            &log,
-        )
-        .expect("start etcd-bridge");
+        let proc =
+            Proc::spawn("etcd-bridge", &bridge_binary(), &args, &log).expect("start etcd-bridge");
         Bridge { proc, http_port }
     }
 
@@ -394,7 +400,7 @@ pub fn object_writes(writes: &[AuditWrite]) -> Vec<AuditWrite> {
 
 /// Runs `etcd-bridge preview` on `etcd_endpoint` and `prefix`; returns (success, stdout, stderr).
 pub fn preview(etcd_endpoint: &str, prefix: &str, extra: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-bridge"))
+    let out = std::process::Command::new(bridge_binary())
         .arg("preview")
         .arg(format!("--etcd-endpoints={etcd_endpoint}"))
         .arg(format!("--prefix={prefix}"))

@@ -1,38 +1,41 @@
-//! The import flow: etcd updates go into the snapshot; changed targets are re-projected
-//! (naming → projection → slicing → diff) and only the differences are written.
+//! The import shell: etcd updates go into the snapshot; at each flush the Services whose targets
+//! changed are planned ([`plan`], [`guard`]) and the plan is carried out against the cluster.
+//! When to flush is the [`Schedule`]'s decision. This file decides nothing of its own.
 //!
-//! Writes are coalesced: changes gather for `coalesce` before a flush, and a flush handles each
-//! Service once, however many of its registrations changed. An unchanged Service costs no write.
+//! Writes are coalesced: a flush handles each Service once, however many of its registrations
+//! changed, and an unchanged Service costs no write.
 
-use crate::backoff::Backoff;
 use crate::config::EtcdArgs;
-use crate::diff::{self, SliceChange};
+use crate::diff::SliceChange;
 use crate::error::Result;
 use crate::etcd::{KvEvent, Update};
 use crate::http::Health;
-use crate::k8s::view::is_owned;
+use crate::import::guard::{self, Limits};
+use crate::import::plan::{self, Decision, ServiceStep, Wanted};
+use crate::import::schedule::{self, Schedule};
 use crate::k8s::{ObjectEvent, Writer};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels, StateLabels};
 use crate::naming;
 use crate::projection::{self, ProjectionConfig};
-use crate::slicing;
+use crate::slicing::{self, SlicePlan};
 use crate::snapshot::{Change, Snapshot};
 use crate::target::Target;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How many Services are synced at once; each one's own writes stay in order.
 const CONCURRENCY: usize = 16;
 /// Services per chunk of a large flush.
 const CHUNK: usize = 256;
+/// How often a failing reconciler asks the apiserver whether it answers again.
+const API_PROBE: Duration = Duration::from_millis(250);
 
 /// When and how much the reconciler writes.
 pub struct Tuning {
@@ -56,6 +59,7 @@ pub struct Reconciler {
     cfg: ProjectionConfig,
     names: BTreeMap<Target, String>,
     by_name: HashMap<String, Target>,
+    /// Contested names already reported.
     collisions: BTreeSet<String>,
     /// Targets whose registrations changed since the last flush.
     dirty_targets: BTreeSet<Target>,
@@ -64,11 +68,7 @@ pub struct Reconciler {
     targets_changed: bool,
     /// When the oldest unflushed etcd event arrived, for the sync-latency metric.
     oldest_event: Option<Instant>,
-    dirty_since: Option<Instant>,
-    /// When the last change arrived, and whether the pending ones started after a quiet spell
-    /// (then they are written at once: an isolated change costs no waiting).
-    last_change: Option<Instant>,
-    leading: bool,
+    schedule: Schedule,
     listed: BTreeSet<String>,
     etcd_up: BTreeMap<String, bool>,
     cluster_ready: bool,
@@ -76,13 +76,11 @@ pub struct Reconciler {
     /// The first complete sync as leader is done: deletions are allowed from then on, and
     /// `/readyz` says ready.
     synced: bool,
-    retry: Backoff,
-    retry_at: Option<Instant>,
     tuning: Tuning,
-    /// Services whose deletions the mass-deletion guard holds, and when etcd is read to confirm.
+    /// Services whose removals the mass-deletion guard holds, and when etcd is read to confirm.
     held: BTreeSet<String>,
     confirm_at: Option<Instant>,
-    /// A confirming read agreed with the cache: the next flush may delete what was held.
+    /// A confirming read agreed with the cache: the next flush may remove what was held.
     deletions_confirmed: bool,
     etcd: EtcdArgs,
     metrics: Arc<Metrics>,
@@ -100,12 +98,11 @@ impl Reconciler {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
+        let snapshot = Snapshot::new(etcd.prefixes.clone(), aggregate);
         Reconciler {
             snapshot: match skip_own {
-                Some(instance) => {
-                    Snapshot::new(etcd.prefixes.clone(), aggregate).skip_own(instance)
-                }
-                None => Snapshot::new(etcd.prefixes.clone(), aggregate),
+                Some(instance) => snapshot.skip_own(instance),
+                None => snapshot,
             },
             cfg,
             names: BTreeMap::new(),
@@ -115,16 +112,12 @@ impl Reconciler {
             dirty_names: BTreeSet::new(),
             targets_changed: false,
             oldest_event: None,
-            dirty_since: None,
-            last_change: None,
-            leading: false,
+            schedule: Schedule::new(tuning.coalesce, tuning.coalesce_max),
             listed: BTreeSet::new(),
             etcd_up: BTreeMap::new(),
             cluster_ready: false,
             leader: false,
             synced: false,
-            retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
-            retry_at: None,
             tuning,
             held: BTreeSet::new(),
             confirm_at: None,
@@ -148,6 +141,7 @@ impl Reconciler {
             Update::Listed { prefix, kvs, .. } => {
                 self.listed.insert(prefix.clone());
                 self.etcd_up.insert(prefix.clone(), true);
+                self.health.set_etcd(self.etcd_up.values().all(|u| *u));
                 self.snapshot
                     .reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])))
             }
@@ -168,8 +162,7 @@ impl Reconciler {
             }
             Update::Connected { prefix, up } => {
                 self.etcd_up.insert(prefix, up);
-                let all_up = self.etcd_up.values().all(|u| *u);
-                self.health.set_etcd(all_up);
+                self.health.set_etcd(self.etcd_up.values().all(|u| *u));
                 return;
             }
         };
@@ -208,7 +201,7 @@ impl Reconciler {
             self.targets_changed = true;
         }
         if !change.targets.is_empty() {
-            self.mark_dirty();
+            self.schedule.changed(Instant::now());
         }
         self.dirty_targets.extend(change.targets);
     }
@@ -218,11 +211,13 @@ impl Reconciler {
         match event {
             ObjectEvent::Ready => self.cluster_ready = true,
             // Someone (often us) changed one of the objects: check it; the diff makes this free
-            // when nothing needs doing, and repairs drift when something does.
+            // when nothing needs doing, and repairs drift when something does. A Service of ours
+            // deleted by someone may also free a name.
             ObjectEvent::Touched(name) => {
                 if self.synced {
-                    self.mark_dirty_by(false);
+                    self.schedule.touched(Instant::now());
                     self.dirty_names.insert(name);
+                    self.targets_changed = true;
                 }
             }
         }
@@ -235,31 +230,6 @@ impl Reconciler {
         self.synced = false;
     }
 
-    /// Notes that something needs writing, for the coalescing of [`next_flush`](Self::next_flush).
-    fn mark_dirty(&mut self) {
-        self.mark_dirty_by(true);
-    }
-
-    /// `change`: false for the cluster's echoes of our own writes, which must not make the next
-    /// real change look like part of a burst.
-    fn mark_dirty_by(&mut self, change: bool) {
-        let now = Instant::now();
-        if !change {
-            self.dirty_since.get_or_insert(now);
-            return;
-        }
-        let quiet = self
-            .last_change
-            .is_none_or(|t| now.duration_since(t) > self.tuning.coalesce);
-        if self.dirty_since.is_none() {
-            self.dirty_since = Some(now);
-            self.leading = quiet;
-        } else if quiet {
-            self.leading = true;
-        }
-        self.last_change = Some(now);
-    }
-
     /// Whether the cache is complete and the cluster view is listed.
     fn can_sync(&self) -> bool {
         self.all_listed() && self.cluster_ready
@@ -267,52 +237,44 @@ impl Reconciler {
 
     /// When the next flush is due, if one is.
     pub fn next_flush(&self) -> Option<Instant> {
-        if !self.can_sync() || !self.leader {
-            return None;
-        }
-        if !self.synced {
-            // Retries of a failed first sync wait for their backoff.
-            return Some(self.retry_at.unwrap_or_else(Instant::now));
-        }
-        let due = self.dirty_since.map(|since| {
-            if self.leading {
-                since
-            } else {
-                let quiet = self.last_change.unwrap_or(since) + self.tuning.coalesce;
-                quiet.min(since + self.tuning.coalesce_max)
-            }
-        });
-        match (due, self.retry_at) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, None) => a,
-            (None, b) => b,
-        }
+        (self.can_sync() && self.leader).then(|| self.schedule.due(!self.synced, Instant::now()))?
     }
 
-    /// Standby replicas are ready once their cache is warm; the leader after its first sync.
     fn update_readiness(&self) {
-        if self.can_sync() && (self.synced || !self.leader) {
+        if schedule::ready(self.can_sync(), self.leader, self.synced) {
             self.health.set_synced();
         }
     }
 
-    fn refresh_names(&mut self) {
+    /// Names every target, keeping each name in use with the target it serves (read back from
+    /// our Services, so it survives restarts and leader changes).
+    /// Returns the name collisions not reported before.
+    fn refresh_names(&mut self, writer: &Writer) -> Vec<naming::Collision> {
         if !self.targets_changed {
-            return;
+            return Vec::new();
         }
         self.targets_changed = false;
-        let (names, collisions) = naming::assign(self.snapshot.targets());
-        for c in collisions {
-            if self.collisions.insert(c.name.clone()) {
-                tracing::warn!(service = %c.name, winner = ?c.winner, losers = ?c.losers, "name collision: the first target keeps the name, the others get a hashed suffix");
-                self.metrics
-                    .conflicts
-                    .get_or_create(&KindLabels {
-                        kind: "name_collision",
-                    })
-                    .inc();
-            }
+        let mut in_use: BTreeMap<String, Target> = self
+            .names
+            .iter()
+            .map(|(t, n)| (n.clone(), t.clone()))
+            .collect();
+        for name in writer.view().owned_services() {
+            match writer
+                .view()
+                .service(&name)
+                .as_deref()
+                .and_then(plan::target_of)
+            {
+                Some(t) => in_use.insert(name, t),
+                None => in_use.remove(&name),
+            };
         }
+        let (names, collisions) = naming::assign(self.snapshot.targets(), &in_use);
+        let new: Vec<naming::Collision> = collisions
+            .into_iter()
+            .filter(|c| self.collisions.insert(c.name.clone()))
+            .collect();
         for (t, n) in &self.names {
             if names.get(t) != Some(n) {
                 self.dirty_names.insert(n.clone());
@@ -325,14 +287,37 @@ impl Reconciler {
         }
         self.by_name = names.iter().map(|(t, n)| (n.clone(), t.clone())).collect();
         self.names = names;
+        new
+    }
+
+    /// Logs, counts and records an Event on the Service that keeps the name.
+    async fn report_collision(&self, writer: &Writer, c: naming::Collision) {
+        tracing::warn!(service = %c.name, keeps = ?c.winner, renamed = ?c.losers, "name collision: the name in use (or the first in sort order, for new names) keeps it; the others get a hashed suffix");
+        self.metrics
+            .conflicts
+            .get_or_create(&KindLabels {
+                kind: "name_collision",
+            })
+            .inc();
+        if let Some(svc) = writer.view().service(&c.name) {
+            let losers: Vec<String> = c.losers.iter().map(|t| t.key_prefix()).collect();
+            let note = format!(
+                "{} keeps this name; the etcd target(s) {} wanted it too and get a name with a hashed suffix (see the etcd-bridge.io/name annotations)",
+                c.winner.key_prefix(),
+                losers.join(", ")
+            );
+            writer.warn(svc.as_ref(), "NameCollision", note).await;
+        }
     }
 
     /// Writes what changed. On the first flush as leader, checks every wanted and every owned
     /// Service.
     pub async fn flush(&mut self, writer: &Writer) {
-        self.targets_changed |= !self.synced;
-        self.refresh_names();
         let initial = !self.synced;
+        self.targets_changed |= initial;
+        for c in self.refresh_names(writer) {
+            self.report_collision(writer, c).await;
+        }
         if initial {
             self.dirty_names.extend(self.names.values().cloned());
             self.dirty_names.extend(writer.view().owned_services());
@@ -344,10 +329,11 @@ impl Reconciler {
             }
         }
         let mut names = std::mem::take(&mut self.dirty_names);
-        self.guard_deletions(writer, &mut names);
+        let hold = self.guard_removals(writer, &mut names);
         let oldest = self.oldest_event.take();
-        self.dirty_since = None;
+        self.schedule.flushing();
         let this = &*self;
+        let hold = &hold;
         // In chunks, forgetting between them the writes the stores have caught up with: a first
         // sync writes every object, and keeping every response until the end is its memory peak.
         let names: Vec<String> = names.into_iter().collect();
@@ -355,7 +341,11 @@ impl Reconciler {
         for chunk in names.chunks(CHUNK) {
             let done: Vec<(String, Result<bool>)> = futures::stream::iter(chunk.iter().cloned())
                 .map(|name| async move {
-                    let r = this.sync_service(writer, &name).await;
+                    let span = tracing::info_span!("sync", service = %name);
+                    let r = this
+                        .sync_service(writer, &name, hold.contains(&name))
+                        .instrument(span)
+                        .await;
                     (name, r)
                 })
                 .buffer_unordered(CONCURRENCY)
@@ -367,14 +357,10 @@ impl Reconciler {
             }
         }
         let mut failed = 0;
+        let mut wrote = false;
         for (name, r) in results {
             match r {
-                Ok(true) => {
-                    if let (Some(t), false) = (oldest, initial) {
-                        self.metrics.sync_latency.observe(t.elapsed().as_secs_f64());
-                    }
-                }
-                Ok(false) => {}
+                Ok(w) => wrote |= w,
                 Err(e) => {
                     failed += 1;
                     tracing::warn!(service = %name, error = %e, "sync failed; will retry");
@@ -382,18 +368,20 @@ impl Reconciler {
                 }
             }
         }
-        if failed > 0 {
-            let wait = self.retry.next_delay();
-            self.retry_at = Some(Instant::now() + wait);
-            self.mark_dirty();
-            tracing::warn!(failed, retry_in = ?wait, "some Services could not be synced; nothing was deleted for them");
-        } else {
-            self.retry.reset();
-            self.retry_at = None;
-            if initial {
-                tracing::info!(services = self.names.len(), "first complete sync done");
+        // One observation per flush: every Service it wrote waited for the same oldest event.
+        if let (Some(t), true, false) = (oldest, wrote, initial) {
+            self.metrics.sync_latency.observe(t.elapsed().as_secs_f64());
+        }
+        match self.schedule.flushed(Instant::now(), failed > 0) {
+            Some(wait) => {
+                tracing::warn!(failed, retry_in = ?wait, "some Services could not be synced; nothing was deleted for them; retrying sooner if the apiserver answers again")
             }
-            self.synced = true;
+            None => {
+                if initial {
+                    tracing::info!(services = self.names.len(), "first complete sync done");
+                }
+                self.synced = true;
+            }
         }
         self.update_readiness();
     }
@@ -407,77 +395,74 @@ impl Reconciler {
         writer.view().prune();
     }
 
-    /// The target the Service `name` projects and its endpoint groups, if it has any endpoint.
-    fn wanted(&self, name: &str) -> Option<(&Target, projection::Groups)> {
-        let t = self.by_name.get(name)?;
-        let groups = projection::group(self.snapshot.registrations(t));
-        (!groups.is_empty()).then_some((t, groups))
+    /// What the registry wants for the Service `name`, if it has any endpoint.
+    fn wanted(&self, name: &str) -> Option<Wanted> {
+        let target = self.by_name.get(name)?;
+        let groups = projection::group(self.snapshot.registrations(target));
+        (!groups.is_empty()).then(|| Wanted {
+            target: target.clone(),
+            groups,
+        })
     }
 
-    /// The endpoints (ip, port) of `name` in the cluster that the registry no longer has.
-    fn removals(&self, writer: &Writer, name: &str) -> usize {
-        let wanted: BTreeSet<(std::net::IpAddr, u16)> = self
-            .wanted(name)
-            .into_iter()
-            .flat_map(|(_, groups)| groups)
-            .flat_map(|(g, addrs)| addrs.into_iter().map(move |a| (a, g.port)))
-            .collect();
+    fn current_slices(writer: &Writer, name: &str) -> Vec<SlicePlan> {
         writer
             .view()
             .slices_of(name)
             .iter()
             .filter_map(|s| slicing::from_object(s))
-            .flat_map(|p| {
-                let port = p.group.port;
-                p.addrs.into_iter().map(move |a| (a, port))
-            })
-            .filter(|e| !wanted.contains(e))
-            .count()
+            .collect()
     }
 
-    /// The mass-deletion guard. When this flush would remove more than `max_delete_ratio` of all
-    /// projected endpoints (and at least `mass_delete_min`), the Services losing endpoints are
-    /// held out of it until a consistent read of etcd, `delete_confirm_delay` later, confirms.
-    fn guard_deletions(&mut self, writer: &Writer, names: &mut BTreeSet<String>) {
+    /// The mass-deletion guard, for the Services of this flush (plus those already held).
+    /// Returns the Services whose removals are held: they are synced without removals.
+    fn guard_removals(
+        &mut self,
+        writer: &Writer,
+        names: &mut BTreeSet<String>,
+    ) -> BTreeSet<String> {
         if self.deletions_confirmed {
             self.deletions_confirmed = false;
-            self.held.clear();
+            names.append(&mut self.held);
             self.metrics.held_deletions.set(0);
-            return;
+            return BTreeSet::new();
         }
-        names.extend(std::mem::take(&mut self.held));
+        names.extend(self.held.iter().cloned());
         let losing: Vec<(String, usize)> = names
             .iter()
-            .map(|n| (n.clone(), self.removals(writer, n)))
+            .map(|n| {
+                let wanted = self.wanted(n);
+                let r = guard::removals(
+                    wanted.as_ref().map(|w| &w.groups),
+                    &Self::current_slices(writer, n),
+                );
+                (n.clone(), r)
+            })
             .filter(|(_, r)| *r > 0)
             .collect();
         let removed: usize = losing.iter().map(|(_, r)| r).sum();
-        // Counting every endpoint is a full scan: only when the removals could trip the guard.
-        if removed < self.tuning.mass_delete_min {
+        let limits = Limits {
+            max_ratio: self.tuning.max_delete_ratio,
+            min: self.tuning.mass_delete_min,
+        };
+        if !guard::trips(limits, removed, || writer.view().total_endpoints()) {
+            self.held.clear();
+            self.confirm_at = None;
             self.metrics.held_deletions.set(0);
-            return;
+            return BTreeSet::new();
         }
-        let total = writer.view().total_endpoints();
-        let trips = removed as f64 > self.tuning.max_delete_ratio * total as f64;
-        if !trips {
-            self.metrics.held_deletions.set(0);
-            return;
-        }
-        for (n, _) in &losing {
-            names.remove(n);
-            self.held.insert(n.clone());
-        }
+        self.held = losing.iter().map(|(n, _)| n.clone()).collect();
         self.metrics.held_deletions.set(removed as i64);
         if self.confirm_at.is_none() {
             self.confirm_at = Some(Instant::now() + self.tuning.delete_confirm_delay);
             tracing::warn!(
                 endpoints = removed,
-                of = total,
                 services = losing.len(),
                 confirm_in = ?self.tuning.delete_confirm_delay,
-                "mass-deletion guard: holding deletions until a second read of etcd confirms them"
+                "mass-deletion guard: holding removals until a second read of etcd confirms them; additions and weight changes go out now"
             );
         }
+        self.held.clone()
     }
 
     /// Reads every prefix again (linearizable) and brings the cache to it: missed events are
@@ -512,7 +497,7 @@ impl Reconciler {
                 self.confirm_at = None;
                 self.deletions_confirmed = true;
                 self.dirty_names.extend(self.held.iter().cloned());
-                self.mark_dirty();
+                self.schedule.changed(Instant::now());
             }
             Err(e) => {
                 tracing::warn!(error = %e, "mass-deletion guard: cannot read etcd to confirm; still holding");
@@ -529,103 +514,85 @@ impl Reconciler {
         self.synced = false;
     }
 
-    /// Brings one Service and its slices to what the registry says. Returns whether anything
+    /// Brings one Service and its slices to what [`plan::decide`] says. Returns whether anything
     /// was written.
-    async fn sync_service(&self, writer: &Writer, name: &str) -> Result<bool> {
+    async fn sync_service(&self, writer: &Writer, name: &str, hold_removals: bool) -> Result<bool> {
         let view = writer.view();
-        let want = self.wanted(name);
+        let wanted = self.wanted(name);
         let current = view.service(name);
-        let Some((target, groups)) = want else {
-            return match current {
-                Some(svc) if is_owned(svc.as_ref(), &self.cfg.instance) => {
-                    // Its EndpointSlices go with it: kube-controller-manager's garbage
-                    // collector follows their ownerReference.
-                    writer.delete_service(&svc).await?;
-                    tracing::info!(service = %name, "deleted: no registration left");
-                    Ok(true)
-                }
-                _ => Ok(false),
-            };
-        };
-        if let Some(svc) = &current
-            && !is_owned(svc.as_ref(), &self.cfg.instance)
-        {
-            self.metrics
-                .conflicts
-                .get_or_create(&KindLabels { kind: "Service" })
-                .inc();
-            tracing::warn!(service = %name, target = ?target, "a Service of this name exists and is not this bridge's; leaving it untouched");
-            writer
-                .warn(
-                    svc.as_ref(),
-                    "NameConflict",
-                    format!(
-                        "etcd-bridge would project the etcd target {} (prefix {}) here, but this Service is not managed by it; it is left untouched. Rename or delete this Service, or run the bridge in another namespace.",
-                        target.raw_name(),
-                        target.prefix
-                    ),
-                )
-                .await;
-            return Ok(false);
-        }
-        let mut wrote = false;
-        let desired = projection::service(name, target, &groups, &self.cfg);
-        let current = match current {
-            // clusterIP is immutable: switching headless on or off needs a new Service.
-            Some(c) if diff::service_needs_recreate(&desired, &c) => {
-                writer.delete_service(&c).await?;
-                tracing::info!(service = %name, "recreating: headless changed");
-                None
-            }
-            c => c,
-        };
-        let svc = match current {
-            Some(c) if !diff::service_needs_write(&desired, &c) => c,
-            _ => {
-                wrote = true;
-                Arc::new(writer.apply_service(&desired).await?)
-            }
-        };
         let actual: Vec<EndpointSlice> = view
             .slices_of(name)
             .into_iter()
             .map(|s| (*s).clone())
             .collect();
-        let existing: Vec<slicing::SlicePlan> =
-            actual.iter().filter_map(slicing::from_object).collect();
-        let owner = owner_reference(&svc);
-        let desired_slices: Vec<EndpointSlice> =
-            slicing::plan(name, &groups, &existing, self.cfg.max_endpoints_per_slice)
-                .iter()
-                .map(|p| {
-                    let mut s = projection::slice(name, &p.name, &p.group, &p.addrs, &self.cfg);
-                    s.metadata.owner_references = Some(vec![owner.clone()]);
-                    s
-                })
-                .collect();
-        for change in diff::diff_slices(desired_slices, &actual) {
-            wrote = true;
-            match change {
-                SliceChange::Apply(s) => writer.apply_slice(&s).await?,
-                SliceChange::Delete(n) => {
-                    if let Some(cur) = actual.iter().find(|a| a.name_any() == n) {
-                        writer.delete_slice(cur).await?;
+        let existing: Vec<SlicePlan> = actual.iter().filter_map(slicing::from_object).collect();
+        let decision = plan::decide(
+            name,
+            wanted.as_ref(),
+            current.as_ref(),
+            &existing,
+            hold_removals,
+            &self.cfg,
+        );
+        match decision {
+            Decision::Nothing => Ok(false),
+            Decision::Delete(svc) => {
+                writer.delete_service(&svc).await?;
+                tracing::info!("deleted: no registration left");
+                Ok(true)
+            }
+            Decision::Conflict { service, target } => {
+                self.metrics
+                    .conflicts
+                    .get_or_create(&KindLabels { kind: "Service" })
+                    .inc();
+                tracing::warn!(target = ?target, "a Service of this name exists and is not this bridge's; leaving it untouched");
+                writer
+                    .warn(
+                        service.as_ref(),
+                        "NameConflict",
+                        format!(
+                            "etcd-bridge would project the etcd target {} (prefix {}) here, but this Service is not managed by it; it is left untouched. Rename or delete this Service, or run the bridge in another namespace.",
+                            target.raw_name(),
+                            target.prefix
+                        ),
+                    )
+                    .await;
+                Ok(false)
+            }
+            Decision::Converge {
+                recreate,
+                service,
+                groups,
+            } => {
+                let mut wrote = false;
+                if let Some(old) = recreate {
+                    writer.delete_service(&old).await?;
+                    tracing::info!("recreating: headless changed");
+                    wrote = true;
+                }
+                let svc = match service {
+                    ServiceStep::Keep(c) => c,
+                    ServiceStep::Apply(desired) => {
+                        wrote = true;
+                        Arc::new(writer.apply_service(&desired).await?)
+                    }
+                };
+                let owner = plan::owner_reference(&svc);
+                for change in plan::slice_changes(name, &groups, &actual, Some(&owner), &self.cfg) {
+                    wrote = true;
+                    match change {
+                        SliceChange::Apply(s) => writer.apply_slice(&s).await?,
+                        SliceChange::Delete(n) => {
+                            if let Some(cur) = actual.iter().find(|a| a.name_any() == n) {
+                                writer.delete_slice(cur).await?;
+                            }
+                        }
                     }
                 }
+                Ok(wrote)
             }
         }
-        Ok(wrote)
-    }
-}
-
-fn owner_reference(svc: &Service) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".into(),
-        kind: "Service".into(),
-        name: svc.name_any(),
-        uid: svc.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
     }
 }
 
@@ -641,6 +608,8 @@ pub async fn run(
     reconciler.set_leader(*leader.borrow_and_update());
     let mut resync_tick = tokio::time::interval(reconciler.tuning.resync);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+    let mut api_probe = tokio::time::interval(API_PROBE);
+    api_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync_tick.tick().await;
     loop {
         reconciler.update_readiness();
@@ -655,6 +624,7 @@ pub async fn run(
             continue;
         }
         let confirm = reconciler.confirm_at.filter(|_| reconciler.leader);
+        let failing = reconciler.schedule.failing();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(u) = etcd_rx.recv() => {
@@ -671,6 +641,12 @@ pub async fn run(
                 reconciler.set_leader(is);
             }
             _ = housekeeping.tick() => reconciler.housekeeping(&writer),
+            // While syncs fail, ask the apiserver often and cheaply whether it is back.
+            _ = api_probe.tick(), if failing => {
+                if writer.api_answers().await && reconciler.schedule.api_answered(Instant::now()) {
+                    tracing::info!("the apiserver answers again; retrying now");
+                }
+            }
             _ = resync_tick.tick() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
