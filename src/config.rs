@@ -90,6 +90,10 @@ pub struct ProjectionArgs {
     /// Most endpoints in one EndpointSlice (1 to 1000).
     #[arg(long, env = "ETCD_BRIDGE_MAX_ENDPOINTS_PER_SLICE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_endpoints_per_slice: u16,
+    /// Also annotate each EndpointSlice with `service.cilium.io/weight` (the registered weight,
+    /// clamped to 65535), which Cilium reads per slice; 0 drains.
+    #[arg(long, env = "ETCD_BRIDGE_CILIUM_WEIGHT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cilium_weight: bool,
     /// Namespace the Services and EndpointSlices are written to.
     #[arg(long, env = "ETCD_BRIDGE_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -313,6 +317,7 @@ impl ProjectionArgs {
             instance: self.instance.clone(),
             headless: self.headless,
             max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
+            cilium_weight: self.cilium_weight,
         }
     }
 }

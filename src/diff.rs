@@ -195,6 +195,7 @@ mod tests {
             instance: "main".into(),
             headless,
             max_endpoints_per_slice: 100,
+            cilium_weight: true,
         }
     }
 

@@ -29,3 +29,5 @@ pub const ANNOTATION_VERSION: &str = "etcd-bridge.io/version";
 pub const ANNOTATION_PREFIX: &str = "etcd-bridge.io/prefix";
 /// The weight every endpoint of a slice was registered with.
 pub const ANNOTATION_WEIGHT: &str = "etcd-bridge.io/weight";
+/// The same weight as Cilium reads it, per EndpointSlice: 0 to 65535, where 0 drains.
+pub const ANNOTATION_CILIUM_WEIGHT: &str = "service.cilium.io/weight";

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub etcd_connected: Gauge,
     pub held_deletions: Gauge,
+    pub weights_clamped: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +76,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             etcd_connected: Gauge::default(),
             held_deletions: Gauge::default(),
+            weights_clamped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,6 +144,11 @@ impl Default for Metrics {
             "held_deletions",
             "Endpoint deletions held by the mass-deletion guard until etcd confirms them",
             m.held_deletions.clone(),
+        );
+        registry.register(
+            "weights_clamped",
+            "Services with a weight above 65535, written to service.cilium.io/weight as 65535 (counted once per Service)",
+            m.weights_clamped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -165,6 +165,7 @@ mod tests {
             instance: "default".into(),
             headless: true,
             max_endpoints_per_slice: 100,
+            cilium_weight: true,
         };
         let r = Report::from_snapshot(&snap, &cfg);
         let names: Vec<String> = r.services.iter().map(|(s, _)| s.name_any()).collect();

@@ -88,6 +88,16 @@ pub struct ProjectionConfig {
     pub instance: String,
     pub headless: bool,
     pub max_endpoints_per_slice: usize,
+    /// Also write the weight as Cilium's `service.cilium.io/weight`.
+    pub cilium_weight: bool,
+}
+
+/// The largest weight Cilium's annotation takes.
+pub const CILIUM_MAX_WEIGHT: i64 = 65535;
+
+/// `weight` as Cilium's annotation can carry it: clamped to 0..=65535.
+pub fn cilium_weight(weight: i64) -> i64 {
+    weight.clamp(0, CILIUM_MAX_WEIGHT)
 }
 
 /// The name of a port in the Service and its slices. Istio infers the protocol from the `grpc`
@@ -173,10 +183,16 @@ pub fn slice(
         labels::SLICE_MANAGED_BY.to_owned(),
         labels::SLICE_MANAGED_BY_VALUE.to_owned(),
     );
-    let annotations = BTreeMap::from([(
+    let mut annotations = BTreeMap::from([(
         labels::ANNOTATION_WEIGHT.to_owned(),
         group.weight.to_string(),
     )]);
+    if cfg.cilium_weight {
+        annotations.insert(
+            labels::ANNOTATION_CILIUM_WEIGHT.to_owned(),
+            cilium_weight(group.weight).to_string(),
+        );
+    }
 
     let addrs: BTreeSet<IpAddr> = addrs.iter().map(|ip| ip.to_canonical()).collect();
     let endpoints = addrs
@@ -231,6 +247,7 @@ mod tests {
             instance: "main".into(),
             headless,
             max_endpoints_per_slice: 100,
+            cilium_weight: true,
         }
     }
 
@@ -374,7 +391,7 @@ mod tests {
                         "app.kubernetes.io/part-of": "etcd-bridge",
                         "etcd-bridge.io/instance": "main",
                     },
-                    "annotations": {"etcd-bridge.io/weight": "7"},
+                    "annotations": {"etcd-bridge.io/weight": "7", "service.cilium.io/weight": "7"},
                 },
                 "addressType": "IPv6",
                 "endpoints": [
@@ -384,6 +401,28 @@ mod tests {
                 "ports": [{"name": "grpc-50051", "port": 50051, "protocol": "TCP"}],
             })
         );
+    }
+
+    #[test]
+    fn cilium_weight_is_clamped_and_can_be_turned_off() {
+        let ip: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
+        let annotation = |weight: i64, on: bool| {
+            let c = ProjectionConfig {
+                cilium_weight: on,
+                ..cfg(true)
+            };
+            let g = key(AddressType::IPv4, 80, weight);
+            slice("s", "s-0", &g, &ip, &c)
+                .metadata
+                .annotations
+                .unwrap()
+                .get(labels::ANNOTATION_CILIUM_WEIGHT)
+                .cloned()
+        };
+        assert_eq!(annotation(0, true).as_deref(), Some("0"), "0 drains");
+        assert_eq!(annotation(65535, true).as_deref(), Some("65535"));
+        assert_eq!(annotation(70000, true).as_deref(), Some("65535"));
+        assert_eq!(annotation(7, false), None);
     }
 
     #[test]

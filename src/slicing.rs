@@ -346,6 +346,7 @@ mod tests {
             instance: "i".into(),
             headless: false,
             max_endpoints_per_slice: 100,
+            cilium_weight: true,
         };
         let group = GroupKey {
             address_type: AddressType::IPv6,

@@ -218,6 +218,38 @@ async fn a_weight_change_moves_the_endpoint_to_a_slice_of_its_new_weight() {
         .await;
         assert_eq!(by_weight.len(), 2, "{by_weight:?}");
     }
+    // Cilium reads the weight per slice, at most 65535: a larger one is clamped, once counted.
+    put(
+        &mut etcd,
+        &seed_key(&scope.prefix, "w", "v1", "10.60.0.3:9000"),
+        seed_value("w", "v1", "10.60.0.3:9000", 70_000),
+        lease,
+    )
+    .await;
+    let cilium = |s: &EndpointSlice| {
+        s.annotations()
+            .get("service.cilium.io/weight")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let s = eventually("a slice of weight 70000", WAIT, || async {
+        let s = slices_of(&apis.slices, "w-v1").await;
+        (s.len() == 3).then_some(s)
+    })
+    .await;
+    let by_weight: BTreeMap<String, String> = s.iter().map(|s| (weight_of(s), cilium(s))).collect();
+    assert_eq!(
+        by_weight,
+        BTreeMap::from([
+            ("1".into(), "1".into()),
+            ("5".into(), "5".into()),
+            ("70000".into(), "65535".into())
+        ])
+    );
+    eventually("the clamp counted once per Service", WAIT, || async {
+        (bridge.metric("etcd_bridge_weights_clamped_total") == Some(2.0)).then_some(())
+    })
+    .await;
     assert!(bridge.proc.is_running(), "{}", bridge.log());
 }
 

@@ -163,6 +163,7 @@ mod tests {
             instance: "main".into(),
             headless,
             max_endpoints_per_slice: 2,
+            cilium_weight: true,
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Reconciler {
     etcd: EtcdArgs,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// Services already reported for a weight clamped in Cilium's annotation.
+    clamped: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Reconciler {
@@ -125,6 +127,7 @@ impl Reconciler {
             etcd,
             metrics,
             health,
+            clamped: Default::default(),
         }
     }
 
@@ -514,6 +517,29 @@ impl Reconciler {
         self.synced = false;
     }
 
+    /// Logs and counts, once per Service, a weight above what Cilium's annotation takes.
+    fn note_clamped(&self, name: &str, groups: &projection::Groups) {
+        let Some(max) = groups.keys().map(|g| g.weight).max() else {
+            return;
+        };
+        if !self.cfg.cilium_weight || max <= projection::CILIUM_MAX_WEIGHT {
+            return;
+        }
+        if self
+            .clamped
+            .lock()
+            .expect("clamped lock")
+            .insert(name.to_owned())
+        {
+            self.metrics.weights_clamped.inc();
+            tracing::warn!(
+                weight = max,
+                written = projection::CILIUM_MAX_WEIGHT,
+                "a weight above 65535 is written to service.cilium.io/weight as 65535; etcd-bridge.io/weight keeps the registered value"
+            );
+        }
+    }
+
     /// Brings one Service and its slices to what [`plan::decide`] says. Returns whether anything
     /// was written.
     async fn sync_service(&self, writer: &Writer, name: &str, hold_removals: bool) -> Result<bool> {
@@ -578,6 +604,7 @@ impl Reconciler {
                         Arc::new(writer.apply_service(&desired).await?)
                     }
                 };
+                self.note_clamped(name, &groups);
                 let owner = plan::owner_reference(&svc);
                 for change in plan::slice_changes(name, &groups, &actual, Some(&owner), &self.cfg) {
                     wrote = true;
