@@ -1,6 +1,8 @@
 //! Command-line flags, each with an environment-variable equivalent, and their validation.
 
 use crate::error::{Error, Result};
+use crate::format::Format;
+use crate::snapshot::Source;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,14 +46,18 @@ pub struct EtcdArgs {
         default_value = "http://127.0.0.1:2379"
     )]
     pub endpoints: Vec<String>,
-    /// Key prefixes to watch, comma-separated; each must end with `/` and none may contain another.
+    /// Key prefixes to watch, comma-separated, each with its registry format:
+    /// `PREFIX` (seed) or `PREFIX=FORMAT`, FORMAT one of seed, etcd-naming, go-zero, kratos,
+    /// go-micro, kitex, auto. Each must end with `/` (and start with `/` for seed); none may
+    /// contain another.
     #[arg(
         long = "prefix",
         env = "ETCD_BRIDGE_PREFIXES",
         value_delimiter = ',',
-        default_value = "/"
+        default_value = "/",
+        value_parser = source
     )]
-    pub prefixes: Vec<String>,
+    pub prefixes: Vec<Source>,
     /// etcd username (with --etcd-password).
     #[arg(long = "etcd-username", env = "ETCD_BRIDGE_ETCD_USERNAME")]
     pub username: Option<String>,
@@ -232,6 +238,18 @@ fn ratio(s: &str) -> std::result::Result<f64, String> {
 }
 
 /// `10ms`, `5s`, `2m`, `1h`: the few duration forms the flags need.
+/// `PREFIX` or `PREFIX=FORMAT`.
+fn source(s: &str) -> std::result::Result<Source, String> {
+    let (prefix, format) = match s.rsplit_once('=') {
+        Some((p, f)) => (p, f.parse::<Format>()?),
+        None => (s, Format::Seed),
+    };
+    Ok(Source {
+        prefix: prefix.to_owned(),
+        format,
+    })
+}
+
 fn humantime(s: &str) -> std::result::Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -250,15 +268,15 @@ fn humantime(s: &str) -> std::result::Result<Duration, String> {
 impl EtcdArgs {
     /// Checks what clap cannot: prefix shape, and credentials that come in pairs.
     pub fn validate(&self) -> Result<()> {
-        for p in &self.prefixes {
-            if !p.starts_with('/') || !p.ends_with('/') {
+        for Source { prefix: p, format } in &self.prefixes {
+            if !p.ends_with('/') || (*format == Format::Seed && !p.starts_with('/')) {
                 return Err(Error::Config(format!(
-                    "--prefix `{p}` must start and end with `/` (the seed's root is `/`)"
+                    "--prefix `{p}` must end with `/`, and a seed prefix must start with `/` (the seed's root is `/`; kitex writes under `kitex/registry-etcd/`)"
                 )));
             }
         }
-        for a in &self.prefixes {
-            for b in &self.prefixes {
+        for Source { prefix: a, .. } in &self.prefixes {
+            for Source { prefix: b, .. } in &self.prefixes {
                 if a != b && b.starts_with(a.as_str()) {
                     return Err(Error::Config(format!(
                         "--prefix `{a}` contains `{b}`: a key under `{b}` would be read twice, differently; watch only one of them"
@@ -349,6 +367,32 @@ mod tests {
         assert!(e.contains("contains"), "{e}");
         assert!(etcd(&["services/"]).validate().is_err());
         assert!(etcd(&["/services"]).validate().is_err());
+    }
+
+    #[test]
+    fn each_prefix_has_a_format() {
+        let e = etcd(&["/services/,/microservices/=kratos,kitex/registry-etcd/=kitex"]);
+        assert!(e.validate().is_ok());
+        let formats: Vec<(&str, Format)> = e
+            .prefixes
+            .iter()
+            .map(|s| (s.prefix.as_str(), s.format))
+            .collect();
+        assert_eq!(
+            formats,
+            [
+                ("/services/", Format::Seed),
+                ("/microservices/", Format::Kratos),
+                ("kitex/registry-etcd/", Format::Kitex)
+            ]
+        );
+        assert!(etcd(&["services/=seed"]).validate().is_err());
+        let bad = Cli::try_parse_from(["etcd-bridge", "run", "--prefix=/a/=consul"]);
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("unknown registry format")
+        );
     }
 
     #[test]

@@ -182,8 +182,8 @@ pub fn diff_slices(desired: Vec<EndpointSlice>, actual: &[EndpointSlice]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Registration;
     use crate::projection::{self, AddressType, GroupKey, ProjectionConfig};
-    use crate::registry::Registration;
     use crate::target::Target;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use serde_json::json;

@@ -126,10 +126,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let writer = Writer::new(client.clone(), view, metrics.clone());
 
     let (tx, etcd_rx) = tokio::sync::mpsc::channel(1024);
-    for prefix in &args.etcd.prefixes {
+    for source in &args.etcd.prefixes {
         tokio::spawn(etcd_bridge::etcd::watch_prefix(
             args.etcd.clone(),
-            prefix.clone(),
+            source.prefix.clone(),
             tx.clone(),
             metrics.clone(),
             shutdown.clone(),

@@ -3,11 +3,12 @@
 use crate::config::{EtcdArgs, ProjectionArgs};
 use crate::diff::SliceChange;
 use crate::error::Result;
+use crate::format::SkipReason;
+use crate::format::{self, Format};
 use crate::import::plan::{self, Decision, ServiceStep, Wanted};
 use crate::naming::{self, Collision};
 use crate::projection::{self, ProjectionConfig};
-use crate::registry::SkipReason;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Source};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -16,6 +17,8 @@ use std::fmt::Write;
 
 pub struct Report {
     pub services: Vec<(Service, Vec<EndpointSlice>)>,
+    /// Per prefix: its configured format, and how many keys were read as each format.
+    pub formats: Vec<(Source, BTreeMap<Format, usize>)>,
     pub skipped: Vec<(String, SkipReason)>,
     pub collisions: Vec<Collision>,
 }
@@ -26,7 +29,7 @@ pub async fn preview(etcd: &EtcdArgs, proj: &ProjectionArgs) -> Result<Report> {
     // As `run` does by default: keys this instance wrote back are listed as skipped, not projected.
     let mut snapshot =
         Snapshot::new(etcd.prefixes.clone(), proj.aggregate).skip_own(&proj.instance);
-    for prefix in &etcd.prefixes {
+    for prefix in etcd.prefixes.iter().map(|s| &s.prefix) {
         let (kvs, _) = crate::etcd::read_prefix(&mut client, etcd, prefix).await?;
         snapshot.reset_prefix(prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
     }
@@ -66,8 +69,22 @@ impl Report {
             services.push((*svc, slices));
         }
         services.sort_by_key(|(s, _)| s.name_any());
+        let read = snapshot.formats();
+        let formats = snapshot
+            .sources()
+            .iter()
+            .map(|s| {
+                let counts = read
+                    .iter()
+                    .filter(|((p, _), _)| *p == s.prefix)
+                    .map(|((_, f), n)| (*f, *n))
+                    .collect();
+                (s.clone(), counts)
+            })
+            .collect();
         Report {
             services,
+            formats,
             skipped: snapshot
                 .skipped()
                 .map(|(k, r)| (k.to_string(), r))
@@ -119,6 +136,36 @@ impl Report {
             self.services.len(),
             self.services.iter().map(|(_, s)| s.len()).sum::<usize>()
         );
+        let _ = writeln!(
+            out,
+            "\n{:<32} {:<12} {:<12} {:>6}  WHY",
+            "PREFIX", "CONFIGURED", "READ AS", "KEYS"
+        );
+        for (source, counts) in &self.formats {
+            if counts.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:<12} {:<12} {:>6}",
+                    source.prefix,
+                    source.format.label(),
+                    "-",
+                    0
+                );
+            }
+            for (format, n) in counts {
+                let why = match source.format {
+                    Format::Auto => format::why(*format),
+                    _ => "configured",
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:<12} {:<12} {n:>6}  {why}",
+                    source.prefix,
+                    source.format.label(),
+                    format.label()
+                );
+            }
+        }
         for c in &self.collisions {
             let _ = writeln!(
                 out,
@@ -154,7 +201,13 @@ mod tests {
 
     #[test]
     fn report_lists_objects_and_skips() {
-        let mut snap = Snapshot::new(vec!["/".into()], true);
+        let mut snap = Snapshot::new(
+            vec![crate::snapshot::Source {
+                prefix: "/".into(),
+                format: crate::format::Format::Seed,
+            }],
+            true,
+        );
         snap.put(
             b"/greeter/v1/10.0.0.1:50051",
             br#"{"name":"greeter","addr":"10.0.0.1:50051","version":"v1","weight":2}"#,
@@ -174,6 +227,7 @@ mod tests {
         let table = r.table();
         assert!(table.contains("10.0.0.1"), "{table}");
         assert!(table.contains("2 Services, 2 EndpointSlices"), "{table}");
+        assert!(table.contains("configured"), "{table}");
         assert_eq!(r.objects()["items"].as_array().map(Vec::len), Some(4));
     }
 }

@@ -8,8 +8,8 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::format::Registration;
 use crate::labels;
-use crate::registry::Registration;
 use crate::target::Target;
 
 /// An EndpointSlice's `addressType` (the bridge never projects FQDNs).

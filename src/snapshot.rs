@@ -1,16 +1,19 @@
-//! The registry as the bridge last read it: every key under the watched prefixes, parsed once.
+//! The registry as the bridge last read it: every key under the watched prefixes, parsed once in
+//! its prefix's format.
 //!
-//! Keys are kept sorted, so the registrations of a resolver target are a range scan over its key
-//! prefix (exactly what the seed's Resolver reads), with no second index to keep in step.
+//! Each target keeps the keys of its registrations, so a Service's endpoints are found without a
+//! scan, whatever the format's key layout (for `seed` they are exactly the keys under the
+//! Resolver's prefix; for formats that keep the version in the value they are not a key range).
 
-use crate::registry::{self, Registration, SkipReason};
+use crate::format::{self, Format, Registration, SkipReason};
 use crate::target::{self, Target};
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Valid(Registration),
+    /// Read, in this format (the sniffed one under an `auto` prefix).
+    Valid(Registration, Format),
     Skipped(SkipReason),
 }
 
@@ -29,23 +32,30 @@ impl Change {
     }
 }
 
+/// A watched prefix and the format of the keys under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub prefix: String,
+    pub format: Format,
+}
+
 pub struct Snapshot {
-    prefixes: Vec<String>,
+    sources: Vec<Source>,
     aggregate: bool,
     /// `{instance}/`: values whose owner marker starts with it were written back by this bridge
     /// and are not imported (no feedback loop). `None` imports them too.
     skip_owner: Option<String>,
-    entries: BTreeMap<Box<str>, Entry>,
+    entries: BTreeMap<Arc<str>, Entry>,
     /// How many entries are skipped, kept as they change (counting is per update).
     skipped: usize,
-    /// Valid registrations per target: a target exists while its count is above zero.
-    targets: BTreeMap<Target, u32>,
+    /// The keys of each target's valid registrations: a target exists while it has one.
+    targets: BTreeMap<Target, BTreeSet<Arc<str>>>,
 }
 
 impl Snapshot {
-    pub fn new(prefixes: Vec<String>, aggregate: bool) -> Self {
+    pub fn new(sources: Vec<Source>, aggregate: bool) -> Self {
         Snapshot {
-            prefixes,
+            sources,
             aggregate,
             skip_owner: None,
             skipped: 0,
@@ -60,29 +70,31 @@ impl Snapshot {
         self
     }
 
-    fn prefix_of(&self, key: &str) -> Option<&str> {
-        self.prefixes
+    fn source_of(&self, key: &str) -> Option<&Source> {
+        self.sources
             .iter()
-            .find(|p| key.starts_with(p.as_str()))
-            .map(String::as_str)
+            .find(|s| key.starts_with(s.prefix.as_str()))
     }
 
     fn targets_of(&self, key: &str, entry: &Entry) -> Vec<Target> {
-        match (entry, self.prefix_of(key)) {
-            (Entry::Valid(reg), Some(prefix)) => {
-                target::targets_of(prefix, reg, self.aggregate).collect()
+        match (entry, self.source_of(key)) {
+            (Entry::Valid(reg, _), Some(source)) => {
+                target::targets_of(&source.prefix, reg, self.aggregate).collect()
             }
             _ => Vec::new(),
         }
     }
 
-    fn count(&mut self, targets: &[Target], up: bool) {
+    fn index(&mut self, key: &Arc<str>, targets: &[Target], add: bool) {
         for t in targets {
-            if up {
-                *self.targets.entry(t.clone()).or_default() += 1;
-            } else if let Some(n) = self.targets.get_mut(t) {
-                *n -= 1;
-                if *n == 0 {
+            if add {
+                self.targets
+                    .entry(t.clone())
+                    .or_default()
+                    .insert(key.clone());
+            } else if let Some(keys) = self.targets.get_mut(t) {
+                keys.remove(key);
+                if keys.is_empty() {
                     self.targets.remove(t);
                 }
             }
@@ -101,18 +113,18 @@ impl Snapshot {
                 )],
             };
         };
-        let Some(prefix) = self.prefix_of(key_str) else {
+        let Some(source) = self.source_of(key_str) else {
             return Change::default();
         };
         let own = self
             .skip_owner
             .as_deref()
-            .is_some_and(|mine| registry::owner_of(value).is_some_and(|o| o.starts_with(mine)));
+            .is_some_and(|mine| format::seed::owner_of(value).is_some_and(|o| o.starts_with(mine)));
         // Ownership first: our own write-backs may hold addresses import refuses (loopback for
         // in-cluster clients), and they are not faults to warn about.
-        let entry = match registry::parse(prefix, key, value) {
+        let entry = match format::parse(source.format, &source.prefix, key, value) {
             _ if own => Entry::Skipped(SkipReason::OwnRegistration),
-            Ok(reg) => Entry::Valid(reg),
+            Ok((reg, format)) => Entry::Valid(reg, format),
             Err(reason) => Entry::Skipped(reason),
         };
         let mut change = Change::default();
@@ -123,7 +135,11 @@ impl Snapshot {
             }
         }
         let new_targets = self.targets_of(key_str, &entry);
-        let old = self.entries.insert(key_str.into(), entry.clone());
+        let key: Arc<str> = match self.entries.get_key_value(key_str) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key_str),
+        };
+        let old = self.entries.insert(key.clone(), entry.clone());
         self.skipped += matches!(entry, Entry::Skipped(_)) as usize;
         self.skipped -= matches!(old, Some(Entry::Skipped(_))) as usize;
         if old.as_ref() == Some(&entry) {
@@ -133,8 +149,8 @@ impl Snapshot {
             .as_ref()
             .map(|o| self.targets_of(key_str, o))
             .unwrap_or_default();
-        self.count(&old_targets, false);
-        self.count(&new_targets, true);
+        self.index(&key, &old_targets, false);
+        self.index(&key, &new_targets, true);
         change.targets.extend(old_targets);
         change.targets.extend(new_targets);
         change
@@ -145,12 +161,12 @@ impl Snapshot {
         let Ok(key_str) = std::str::from_utf8(key) else {
             return Change::default();
         };
-        let Some(old) = self.entries.remove(key_str) else {
+        let Some((key, old)) = self.entries.remove_entry(key_str) else {
             return Change::default();
         };
         self.skipped -= matches!(old, Entry::Skipped(_)) as usize;
         let targets = self.targets_of(key_str, &old);
-        self.count(&targets, false);
+        self.index(&key, &targets, false);
         Change {
             targets: targets.into_iter().collect(),
             newly_skipped: Vec::new(),
@@ -164,7 +180,15 @@ impl Snapshot {
         prefix: &str,
         kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Change {
-        let mut stale: BTreeSet<Box<str>> = self.keys_under(prefix).map(Box::<str>::from).collect();
+        let mut stale: BTreeSet<Arc<str>> = self
+            .entries
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut change = Change::default();
         for (k, v) in kvs {
             if let Ok(ks) = std::str::from_utf8(k) {
@@ -178,29 +202,18 @@ impl Snapshot {
         change
     }
 
-    fn keys_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.range(prefix).map(|(k, _)| k)
-    }
-
-    fn range<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
-        self.entries
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .map(|(k, e)| (k.as_ref(), e))
-            .take_while(move |(k, _)| k.starts_with(prefix))
-    }
-
-    /// The valid registrations a resolver for `target` would see.
+    /// The valid registrations of `target`: what a resolver for it would see.
     pub fn registrations<'a>(
         &'a self,
         target: &Target,
     ) -> impl Iterator<Item = &'a Registration> + 'a {
-        let prefix = target.key_prefix();
-        self.entries
-            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-            .take_while(move |(k, _)| k.starts_with(prefix.as_str()))
-            .filter_map(|(_, e)| match e {
-                Entry::Valid(r) => Some(r),
-                Entry::Skipped(_) => None,
+        self.targets
+            .get(target)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| match self.entries.get(k) {
+                Some(Entry::Valid(r, _)) => Some(r),
+                _ => None,
             })
     }
 
@@ -217,8 +230,19 @@ impl Snapshot {
     pub fn skipped(&self) -> impl Iterator<Item = (&str, SkipReason)> {
         self.entries.iter().filter_map(|(k, e)| match e {
             Entry::Skipped(r) => Some((k.as_ref(), *r)),
-            Entry::Valid(_) => None,
+            Entry::Valid(..) => None,
         })
+    }
+
+    /// How many valid keys of each prefix were read as each format (what `auto` detected).
+    pub fn formats(&self) -> BTreeMap<(String, Format), usize> {
+        let mut out = BTreeMap::new();
+        for (k, e) in &self.entries {
+            if let (Entry::Valid(_, f), Some(s)) = (e, self.source_of(k)) {
+                *out.entry((s.prefix.clone(), *f)).or_default() += 1;
+            }
+        }
+        out
     }
 
     /// (valid, skipped) counts.
@@ -226,8 +250,12 @@ impl Snapshot {
         (self.entries.len() - self.skipped, self.skipped)
     }
 
-    pub fn prefixes(&self) -> &[String] {
-        &self.prefixes
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.prefix.as_str())
     }
 }
 
@@ -240,6 +268,13 @@ mod tests {
             .into_bytes()
     }
 
+    fn seed(prefix: &str) -> Vec<Source> {
+        vec![Source {
+            prefix: prefix.into(),
+            format: Format::Seed,
+        }]
+    }
+
     fn target(name: &str, version: Option<&str>) -> Target {
         Target {
             prefix: "/".into(),
@@ -250,7 +285,7 @@ mod tests {
 
     #[test]
     fn versioned_key_belongs_to_its_version_and_the_aggregate() {
-        let mut s = Snapshot::new(vec!["/".into()], true);
+        let mut s = Snapshot::new(seed("/"), true);
         let c = s.put(
             b"/greeter/v1/10.0.0.1:50051",
             &value("greeter", "v1", "10.0.0.1:50051", 1),
@@ -275,7 +310,7 @@ mod tests {
 
     #[test]
     fn delete_removes_the_target_with_its_last_registration() {
-        let mut s = Snapshot::new(vec!["/".into()], false);
+        let mut s = Snapshot::new(seed("/"), false);
         s.put(b"/a/v1/10.0.0.1:1", &value("a", "v1", "10.0.0.1:1", 0));
         assert!(s.has_target(&target("a", Some("v1"))));
         let c = s.delete(b"/a/v1/10.0.0.1:1");
@@ -286,7 +321,7 @@ mod tests {
 
     #[test]
     fn unchanged_put_affects_nothing_and_a_skip_is_reported_once() {
-        let mut s = Snapshot::new(vec!["/".into()], true);
+        let mut s = Snapshot::new(seed("/"), true);
         let v = value("a", "", "10.0.0.1:1", 0);
         assert!(!s.put(b"/a/10.0.0.1:1", &v).targets.is_empty());
         assert!(s.put(b"/a/10.0.0.1:1", &v).targets.is_empty());
@@ -301,7 +336,7 @@ mod tests {
 
     #[test]
     fn own_write_backs_are_not_imported() {
-        let mut s = Snapshot::new(vec!["/".into()], false).skip_own("default");
+        let mut s = Snapshot::new(seed("/"), false).skip_own("default");
         let own = br#"{"name":"a","addr":"10.0.0.1:1","version":"v1","weight":1,"etcd-bridge.io/owner":"default/ns/reg"}"#;
         let c = s.put(b"/a/v1/10.0.0.1:1", own);
         assert_eq!(c.newly_skipped[0].1, SkipReason::OwnRegistration);
@@ -314,7 +349,7 @@ mod tests {
 
     #[test]
     fn reset_recovers_missed_deletes() {
-        let mut s = Snapshot::new(vec!["/".into()], false);
+        let mut s = Snapshot::new(seed("/"), false);
         s.put(b"/a/v1/10.0.0.1:1", &value("a", "v1", "10.0.0.1:1", 0));
         s.put(b"/a/v1/10.0.0.2:1", &value("a", "v1", "10.0.0.2:1", 0));
         let keep = value("a", "v1", "10.0.0.2:1", 0);

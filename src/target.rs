@@ -4,7 +4,7 @@
 //! `{prefix}{name}/`, which holds every version plus the unversioned keys. Each Resolver target
 //! becomes one Service holding exactly the endpoints that Resolver would see.
 
-use crate::registry::Registration;
+use crate::format::Registration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn key_prefix_matches_the_registration_keys() {
-        use crate::registry::reg_key;
+        use crate::format::seed::reg_key;
         for r in [reg("v1"), reg("")] {
             let key = reg_key("/reg/", &r.name, &r.version, "10.0.0.1:80");
             for t in targets_of("/reg/", &r, true) {

@@ -151,8 +151,8 @@ pub fn target_of(svc: &Service) -> Option<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Registration;
     use crate::projection::{AddressType, GroupKey};
-    use crate::registry::Registration;
     use kube::api::ObjectMeta;
     use std::collections::BTreeMap;
     use std::net::IpAddr;

@@ -132,10 +132,7 @@ impl Reconciler {
     }
 
     fn all_listed(&self) -> bool {
-        self.snapshot
-            .prefixes()
-            .iter()
-            .all(|p| self.listed.contains(p))
+        self.snapshot.prefixes().all(|p| self.listed.contains(p))
     }
 
     /// Takes in one update from an etcd watcher.
@@ -174,7 +171,7 @@ impl Reconciler {
 
     fn note_change(&mut self, change: Change) {
         for (key, reason) in &change.newly_skipped {
-            if *reason == crate::registry::SkipReason::OwnRegistration {
+            if *reason == crate::format::SkipReason::OwnRegistration {
                 // Expected, not a fault: no warning.
                 tracing::debug!(key = %key.escape_debug(), "not importing a written-back registration");
             } else {
@@ -473,7 +470,8 @@ impl Reconciler {
     async fn reread(&mut self) -> Result<()> {
         let mut client = crate::etcd::connect(&self.etcd).await?;
         let mut lists = Vec::new();
-        for prefix in self.snapshot.prefixes().to_vec() {
+        let prefixes: Vec<String> = self.snapshot.prefixes().map(str::to_owned).collect();
+        for prefix in prefixes {
             let (kvs, _) = crate::etcd::read_prefix(&mut client, &self.etcd, &prefix).await?;
             lists.push((prefix, kvs));
         }

@@ -1,6 +1,6 @@
 //! What an EtcdRegistration asks for in etcd, and the conditions that report how it went. Pure.
 
-use crate::registry::{self, OWNER_FIELD};
+use crate::format::seed::{self, OWNER_FIELD};
 use crate::writeback::crd::EtcdRegistrationSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -33,8 +33,8 @@ pub fn keys(
     let mut out: Vec<DesiredKey> = addrs
         .iter()
         .map(|addr| DesiredKey {
-            key: registry::reg_key(prefix, &spec.service, version, addr),
-            value: registry::encode_value(&spec.service, version, addr, spec.weight, &extra),
+            key: seed::reg_key(prefix, &spec.service, version, addr),
+            value: seed::encode_value(&spec.service, version, addr, spec.weight, &extra),
         })
         .collect();
     out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -153,7 +153,7 @@ mod tests {
             r#"{"name":"greeter","addr":"10.0.0.1:50051","version":"v1","weight":5,"etcd-bridge.io/owner":"default/ns/reg","zone":"a"}"#
         );
         assert_eq!(
-            registry::owner_of(k[0].value.as_bytes()).as_deref(),
+            seed::owner_of(k[0].value.as_bytes()).as_deref(),
             Some("default/ns/reg")
         );
         let k = keys(

@@ -2,7 +2,7 @@
 //! bridge never overwrites or deletes a key another registrant (or another bridge) holds.
 
 use crate::error::{Error, Result};
-use crate::registry::owner_of;
+use crate::format::seed::owner_of;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 /// What happened to one key.

@@ -120,8 +120,10 @@ What the schema cannot say: rules across fields. Each failure names the values t
 {{- if ne (empty $tls.certKey) (empty $tls.keyKey) }}
 {{- fail "etcd.tls.certKey and etcd.tls.keyKey go together: set both (client certificate) or neither (server-only TLS)" }}
 {{- end }}
-{{- range $a := .Values.etcd.prefixes }}
-{{- range $b := $.Values.etcd.prefixes }}
+{{- range $fa := .Values.etcd.prefixes }}
+{{- range $fb := $.Values.etcd.prefixes }}
+{{- $a := regexReplaceAll "=[a-z-]*$" $fa "" }}
+{{- $b := regexReplaceAll "=[a-z-]*$" $fb "" }}
 {{- if and (ne $a $b) (hasPrefix $a $b) }}
 {{- fail (printf "etcd.prefixes: %s contains %s; a key under %s would be read twice, keep only one of them" $a $b $b) }}
 {{- end }}

@@ -1,4 +1,4 @@
-//! The registry format of the Go service-discovery library the bridge interoperates with.
+//! `seed`: the Go `Register`/`Resolver` of the reference write-up (the default format).
 //!
 //! A service registers the key `{prefix}{name}/{version}/{addr}` (or `{prefix}{name}/{addr}` with
 //! no version) with the value `json.Marshal(Server{Name, Addr, Version, Weight})`. A Resolver adds
@@ -7,144 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Deserializer;
 use serde::de::{self, Deserialize, IgnoredAny, MapAccess, Visitor};
 
-/// Values larger than this are skipped unparsed: a real `Server` is well under 1 KiB, and the
-/// bridge holds every value it accepts in memory.
-pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+use crate::format::addr::parse_addr;
+use crate::format::{Registration, SkipReason};
 
-/// One accepted registration. Only what the projection needs is kept: memory per endpoint matters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Registration {
-    pub name: String,
-    /// `""` when the service registered without a version.
-    pub version: String,
-    pub addr: SocketAddr,
-    pub weight: i64,
-}
-
-/// Why an etcd entry under the prefix is not projected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SkipReason {
-    /// The key or the value is not UTF-8.
-    NotUtf8,
-    /// The value is larger than [`MAX_VALUE_BYTES`].
-    Oversized,
-    /// The value is not what Go's `json.Unmarshal` into `Server` accepts.
-    InvalidJson,
-    /// The value has no (or an empty) addr.
-    MissingAddr,
-    /// The addr has no port.
-    MissingPort,
-    /// The port is 0, above 65535 or not a number.
-    InvalidPort,
-    /// The host is a DNS name: an FQDN EndpointSlice is ignored by kube-proxy and meshes.
-    Hostname,
-    /// The addr is neither `ipv4:port` nor `[ipv6]:port`.
-    InvalidAddr,
-    /// The IP is unspecified, loopback or link-local: the apiserver rejects such EndpointSlice
-    /// addresses, and one of them would make the whole slice fail to write.
-    UnusableIp,
-    /// The key is not `{prefix}{name}/{addr}` or `{prefix}{name}/{version}/{addr}`.
-    BadKeyShape,
-    /// The value's name, version or addr differs from the key's segments.
-    KeyValueMismatch,
-    /// The weight is below zero.
-    NegativeWeight,
-    /// Written back by this bridge from an EtcdRegistration: projecting it again would loop.
-    OwnRegistration,
-}
-
-impl SkipReason {
-    /// Every reason, so that metrics can start each label value at zero.
-    pub const ALL: [SkipReason; 13] = [
-        SkipReason::NotUtf8,
-        SkipReason::Oversized,
-        SkipReason::InvalidJson,
-        SkipReason::MissingAddr,
-        SkipReason::MissingPort,
-        SkipReason::InvalidPort,
-        SkipReason::Hostname,
-        SkipReason::InvalidAddr,
-        SkipReason::UnusableIp,
-        SkipReason::BadKeyShape,
-        SkipReason::KeyValueMismatch,
-        SkipReason::NegativeWeight,
-        SkipReason::OwnRegistration,
-    ];
-
-    /// A stable snake_case name, used as a Prometheus label value.
-    pub fn label(&self) -> &'static str {
-        match self {
-            SkipReason::OwnRegistration => "own_registration",
-            SkipReason::NotUtf8 => "not_utf8",
-            SkipReason::Oversized => "oversized",
-            SkipReason::InvalidJson => "invalid_json",
-            SkipReason::MissingAddr => "missing_addr",
-            SkipReason::MissingPort => "missing_port",
-            SkipReason::InvalidPort => "invalid_port",
-            SkipReason::Hostname => "hostname",
-            SkipReason::InvalidAddr => "invalid_addr",
-            SkipReason::UnusableIp => "unusable_ip",
-            SkipReason::BadKeyShape => "bad_key_shape",
-            SkipReason::KeyValueMismatch => "key_value_mismatch",
-            SkipReason::NegativeWeight => "negative_weight",
-        }
-    }
-}
-
-impl fmt::Display for SkipReason {
-    // The reason carries no data (it is Copy and a metric label); the caller logs the key with it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SkipReason::NotUtf8 => "the key or value is not valid UTF-8; register UTF-8 text",
-            SkipReason::Oversized => {
-                "the value is larger than 16384 bytes; register only the JSON of Server{name, addr, version, weight}"
-            }
-            SkipReason::InvalidJson => {
-                "the value is not a JSON object {\"name\":..,\"addr\":\"ip:port\",\"version\":..,\"weight\":N} with string fields and an integer weight; register json.Marshal(Server{...})"
-            }
-            SkipReason::MissingAddr => "the value has no \"addr\"; register the addr as ip:port",
-            SkipReason::MissingPort => {
-                "the addr has no port; register ip:port, with an IPv6 address as [ip]:port"
-            }
-            SkipReason::InvalidPort => {
-                "the addr's port is not a number from 1 to 65535; register the port the service listens on"
-            }
-            SkipReason::Hostname => {
-                "the addr's host is a DNS name, which an EndpointSlice cannot route; register the IP address instead"
-            }
-            SkipReason::InvalidAddr => {
-                "the addr is not ip:port; register e.g. 10.0.0.1:50051 or [fd00::1]:50051"
-            }
-            SkipReason::UnusableIp => {
-                "the addr's IP is unspecified, loopback or link-local, which Kubernetes refuses in an EndpointSlice; register a routable IP"
-            }
-            SkipReason::BadKeyShape => {
-                "the key is not {prefix}{name}/{addr} or {prefix}{name}/{version}/{addr} with non-empty segments; register under the key BuildRegPath builds"
-            }
-            SkipReason::KeyValueMismatch => {
-                "the value's name, version or addr differs from the key, so a Resolver would never delete it; register the value under the key BuildRegPath builds from it"
-            }
-            SkipReason::NegativeWeight => "the weight is negative; register a weight of 0 or more",
-            SkipReason::OwnRegistration => "this bridge wrote it back from an EtcdRegistration; it is not imported again (--import-own-registrations=true changes that)",
-        })
-    }
-}
-
-impl std::error::Error for SkipReason {}
-
-/// Parses one etcd entry. `key` must start with `prefix` (else [`SkipReason::BadKeyShape`]).
-pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Registration, SkipReason> {
-    let key = std::str::from_utf8(key).map_err(|_| SkipReason::NotUtf8)?;
-    let (name, version, key_addr) = split_key(prefix, key)?;
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(SkipReason::Oversized);
-    }
-    let value = std::str::from_utf8(value).map_err(|_| SkipReason::NotUtf8)?;
+/// Parses one entry: `rest` is the key after the watched prefix.
+pub fn parse(rest: &str, value: &str) -> Result<Registration, SkipReason> {
+    let (name, version, key_addr) = split_key(rest)?;
     let server: GoServer = serde_json::from_str(value).map_err(|_| SkipReason::InvalidJson)?;
     let addr = parse_addr(&server.addr)?;
     if server.addr != key_addr || server.name != name || server.version != version {
@@ -162,8 +34,7 @@ pub fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Registration, Ski
 }
 
 /// Splits the key after the prefix into (name, version, addr); version is `""` when absent.
-fn split_key<'k>(prefix: &str, key: &'k str) -> Result<(&'k str, &'k str, &'k str), SkipReason> {
-    let rest = key.strip_prefix(prefix).ok_or(SkipReason::BadKeyShape)?;
+fn split_key(rest: &str) -> Result<(&str, &str, &str), SkipReason> {
     let mut segments = rest.split('/');
     let parts = (
         segments.next(),
@@ -182,95 +53,6 @@ fn split_key<'k>(prefix: &str, key: &'k str) -> Result<(&'k str, &'k str, &'k st
         return Err(SkipReason::BadKeyShape);
     }
     Ok((name, version, addr))
-}
-
-/// Parses `ipv4:port` or `[ipv6]:port` strictly: the projection needs an IP it can put in an
-/// EndpointSlice, not something a dialer might resolve.
-fn parse_addr(addr: &str) -> Result<SocketAddr, SkipReason> {
-    if addr.is_empty() {
-        return Err(SkipReason::MissingAddr);
-    }
-    let (ip, port) = if let Some(rest) = addr.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or(SkipReason::InvalidAddr)?;
-        let ip: Ipv6Addr = host.parse().map_err(|_| SkipReason::InvalidAddr)?;
-        let port = match after.strip_prefix(':') {
-            Some(port) => port,
-            None if after.is_empty() => return Err(SkipReason::MissingPort),
-            None => return Err(SkipReason::InvalidAddr),
-        };
-        (IpAddr::V6(ip), port)
-    } else {
-        match addr.rsplit_once(':') {
-            // Only an IP or a name lacks just the port; anything else is plain garbage.
-            None => {
-                return Err(match parse_host(addr) {
-                    Ok(_) | Err(SkipReason::Hostname) => SkipReason::MissingPort,
-                    Err(other) => other,
-                });
-            }
-            // An unbracketed IPv6 address: whether it ends in a port is ambiguous.
-            Some((host, _)) if host.contains(':') => {
-                return Err(if addr.parse::<Ipv6Addr>().is_ok() {
-                    SkipReason::MissingPort
-                } else {
-                    SkipReason::InvalidAddr
-                });
-            }
-            Some((host, port)) => (parse_host(host)?, port),
-        }
-    };
-    let port = parse_port(port)?;
-    if !usable_in_endpoint_slice(ip.to_canonical()) {
-        return Err(SkipReason::UnusableIp);
-    }
-    Ok(SocketAddr::new(ip, port))
-}
-
-/// An unbracketed host: an IPv4 address, or a DNS name (reported, not resolved).
-fn parse_host(host: &str) -> Result<IpAddr, SkipReason> {
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return Ok(IpAddr::V4(ip));
-    }
-    let name_chars = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    if name_chars && host.bytes().any(|b| b.is_ascii_alphabetic()) {
-        Err(SkipReason::Hostname)
-    } else {
-        Err(SkipReason::InvalidAddr)
-    }
-}
-
-fn parse_port(port: &str) -> Result<u16, SkipReason> {
-    if port.is_empty() {
-        return Err(SkipReason::MissingPort);
-    }
-    if !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SkipReason::InvalidPort);
-    }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(SkipReason::InvalidPort),
-        Ok(port) => Ok(port),
-    }
-}
-
-/// Mirrors the apiserver's ValidateEndpointIP, which refuses these ranges in EndpointSlices.
-fn usable_in_endpoint_slice(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(ip) => {
-            let [a, b, c, _] = ip.octets();
-            !(ip.is_unspecified()
-                || ip.is_loopback()
-                || ip.is_link_local()
-                || (a == 224 && b == 0 && c == 0))
-        }
-        IpAddr::V6(ip) => {
-            let [a, b, ..] = ip.octets();
-            let link_local_unicast = a == 0xfe && b & 0xc0 == 0x80;
-            let link_local_multicast = a == 0xff && b & 0x0f == 0x02;
-            !(ip.is_unspecified() || ip.is_loopback() || link_local_unicast || link_local_multicast)
-        }
-    }
 }
 
 /// The key a service registers under: BuildRegPath with the prefix in front.
@@ -445,7 +227,14 @@ fn set<T>(field: &mut T, value: Option<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{Format, MAX_VALUE_BYTES};
     use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    /// A whole entry, key and prefix included, as the snapshot hands it over.
+    fn parse(prefix: &str, key: &[u8], value: &[u8]) -> Result<Registration, SkipReason> {
+        crate::format::parse(Format::Seed, prefix, key, value).map(|(r, _)| r)
+    }
 
     fn reg(name: &str, version: &str, addr: &str, weight: i64) -> Registration {
         Registration {
@@ -739,21 +528,6 @@ mod tests {
             reg_key("/svc/", "g", "", "10.0.0.1:80"),
             "/svc/g/10.0.0.1:80"
         );
-    }
-
-    #[test]
-    fn labels_are_unique_snake_case() {
-        let labels: std::collections::BTreeSet<_> =
-            SkipReason::ALL.iter().map(SkipReason::label).collect();
-        assert_eq!(labels.len(), SkipReason::ALL.len());
-        for label in labels {
-            assert!(
-                label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            );
-        }
-        assert!(SkipReason::MissingPort.to_string().contains("ip:port"));
     }
 
     fn segment() -> impl Strategy<Value = String> {

@@ -1,0 +1,85 @@
+//! `etcd-naming`: etcd's own gRPC resolver (`go.etcd.io/etcd/client/v3/naming/endpoints`).
+//!
+//! `Manager.AddEndpoint(ctx, "{target}/{addr}", Endpoint{Addr, Metadata})` puts, under a key that
+//! must start with `{target}/`, the JSON of `internal.Update{Op: Add, Addr, Metadata}`: Go field
+//! names, untagged (`{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}`). The resolver builds its
+//! address list from the values and removes by key, so the key's last segment is free-form. The
+//! service is the target; a `weight` in an object Metadata is used, else weight 1.
+
+use crate::format::addr::parse_addr;
+use crate::format::{DEFAULT_WEIGHT, Registration, SkipReason, json};
+
+/// `internal.Add`: the only op a stored value has.
+const OP_ADD: i64 = 0;
+
+/// `target`: the key without its last segment.
+pub fn parse(target: &str, value: &str) -> Result<Registration, SkipReason> {
+    let obj = json::object(value).ok_or(SkipReason::InvalidJson)?;
+    match json::field(&obj, "Op").map(|op| op.as_i64()) {
+        None | Some(Some(OP_ADD)) => {}
+        Some(_) => return Err(SkipReason::InvalidJson),
+    }
+    let addr = json::string(&obj, "Addr").map_err(|_| SkipReason::InvalidJson)?;
+    let addr = parse_addr(addr.unwrap_or_default())?;
+    let weight = json::metadata_weight(json::field(&obj, "Metadata"))
+        .map_err(|_| SkipReason::InvalidWeight)?
+        .unwrap_or(DEFAULT_WEIGHT);
+    Ok(Registration {
+        name: target.to_owned(),
+        version: String::new(),
+        addr,
+        weight,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Format;
+
+    /// An entry under the prefix `/p/`, parsed as the snapshot parses it.
+    fn entry(rest: &str, value: &str) -> Result<Registration, SkipReason> {
+        let key = format!("/p/{rest}");
+        crate::format::parse(Format::EtcdNaming, "/p/", key.as_bytes(), value.as_bytes())
+            .map(|(r, _)| r)
+    }
+
+    #[test]
+    fn reads_what_add_endpoint_writes() {
+        let r = entry(
+            "greeter/10.0.0.1:50051",
+            r#"{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}"#,
+        )
+        .unwrap();
+        assert_eq!(r.name, "greeter");
+        assert_eq!(r.addr.to_string(), "10.0.0.1:50051");
+        assert_eq!(r.weight, 1);
+        // Targets may have slashes; metadata may carry a weight.
+        let r = entry(
+            "svc/team/greeter/any-id",
+            r#"{"Op":0,"Addr":"[fd00::1]:80","Metadata":{"weight":5,"zone":"a"}}"#,
+        )
+        .unwrap();
+        assert_eq!((r.name.as_str(), r.weight), ("svc/team/greeter", 5));
+    }
+
+    #[test]
+    fn bad_values_are_skipped_with_a_reason() {
+        for (value, want) in [
+            (r#"{"Op":1,"Addr":"10.0.0.1:80"}"#, SkipReason::InvalidJson),
+            (r#"{"Op":0,"Addr":"greeter:80"}"#, SkipReason::Hostname),
+            (r#"{"Op":0}"#, SkipReason::MissingAddr),
+            (
+                r#"{"Op":0,"Addr":"10.0.0.1:80","Metadata":{"weight":"x"}}"#,
+                SkipReason::InvalidWeight,
+            ),
+            (r#"{"Op":0,"Addr":"10.0.0"#, SkipReason::InvalidJson),
+        ] {
+            assert_eq!(entry("g/1", value), Err(want), "{value}");
+        }
+        assert_eq!(
+            entry("g/", r#"{"Op":0,"Addr":"10.0.0.1:80"}"#),
+            Err(SkipReason::BadKeyShape)
+        );
+    }
+}
