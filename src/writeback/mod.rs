@@ -2,7 +2,7 @@
 //! the bridge owns.
 //!
 //! - `crd`: the custom resource; `policy`: who may publish what; `desired`: the keys an object asks
-//!   for (pure).
+//!   for; `status`: what its status reports and which Events tell of it (all pure).
 //! - `lease`: the etcd lease of this process, kept alive and replaced when lost.
 //! - `store`: compare-and-put / compare-and-delete transactions that never touch a key another
 //!   owner holds.
@@ -13,4 +13,5 @@ pub mod crd;
 pub mod desired;
 pub mod lease;
 pub mod policy;
+pub mod status;
 pub mod store;
