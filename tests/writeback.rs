@@ -637,3 +637,154 @@ async fn weight_patches_reach_etcd_one_by_one() {
     );
     assert_eq!(latencies.len(), 40);
 }
+
+/// How fast write-back must react to a change in the cluster (issue 10, item 6).
+const REACT: Duration = Duration::from_secs(1);
+
+/// How long a test waits for a reaction before calling it missing: well past [`REACT`], well
+/// short of the 300 s requeue that used to be the only thing that acted.
+const MISSING: Duration = Duration::from_secs(10);
+
+/// The owner marker this scope's bridge (instance `default`) writes for the object `name`.
+fn owner_marker(scope: &Scope, name: &str) -> String {
+    format!(
+        r#""etcd-bridge.io/owner":"default/{}/{name}""#,
+        scope.namespace
+    )
+}
+
+/// Waits up to `timeout` for an event on `stream` that `wanted` accepts; returns when it came.
+async fn event_on(
+    stream: &mut etcd_client::WatchStream,
+    timeout: Duration,
+    wanted: impl Fn(&etcd_client::Event) -> bool,
+) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let resp = tokio::time::timeout(left, stream.message())
+            .await
+            .ok()?
+            .expect("etcd watch")
+            .expect("etcd watch open");
+        if resp.events().iter().any(&wanted) {
+            return Some(Instant::now());
+        }
+    }
+}
+
+/// A PUT whose value carries `marker`.
+fn put_with(marker: &str) -> impl Fn(&etcd_client::Event) -> bool + '_ {
+    move |e| {
+        e.event_type() == EventType::Put
+            && e.kv()
+                .is_some_and(|kv| String::from_utf8_lossy(kv.value()).contains(marker))
+    }
+}
+
+fn is_delete(e: &etcd_client::Event) -> bool {
+    e.event_type() == EventType::Delete
+}
+
+/// `status/reason` of the condition `type_`, read through the API (quicker than kubectl, for
+/// timing).
+async fn condition_via_api(
+    api: &kube::Api<etcd_bridge::writeback::crd::EtcdRegistration>,
+    name: &str,
+    type_: &str,
+) -> String {
+    let obj = api.get(name).await.expect("get the EtcdRegistration");
+    obj.status
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .find(|c| c.type_ == type_)
+        .map(|c| format!("{}/{}", c.status, c.reason))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn deleting_the_service_a_service_ref_follows_removes_its_keys() {
+    let scope = Scope::new("wb-svc-gone");
+    let _bridge = bridge(&scope, &[]).await;
+    let service = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: grpc, port: 8080}]
+"#;
+    scope.apply(service);
+    // The slice is ours (no kubelet here) and has no owner: it outlives the Service.
+    scope.apply(
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: api-pods
+  labels: {kubernetes.io/service-name: api}
+addressType: IPv4
+ports: [{name: grpc, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.8.1.1]
+  conditions: {ready: true}
+"#,
+    );
+    scope.apply(&registration(
+        "api",
+        r#"{service: api, serviceRef: {name: api, port: grpc}}"#,
+    ));
+    let mut etcd = scope.etcd().await;
+    let key = format!("{}api/10.8.1.1:8080", scope.prefix);
+    let regs = kube::Api::namespaced(scope.kube().await, &scope.namespace);
+    eventually("registered and Ready", WAIT, || {
+        let (mut etcd, key, regs) = (etcd.clone(), key.clone(), regs.clone());
+        async move {
+            let ready = condition_via_api(&regs, "api", "Ready").await == "True/Registered";
+            (ready && value(&mut etcd, &key).await.is_some()).then_some(())
+        }
+    })
+    .await;
+
+    // The Service goes; its slice stays.
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(scope.kube().await, &scope.namespace);
+    let mut watch = etcd.watch(key.as_str(), None).await.unwrap();
+    let deleted = Instant::now();
+    services
+        .delete("api", &Default::default())
+        .await
+        .expect("delete the Service");
+    let gone = event_on(&mut watch, MISSING, is_delete)
+        .await
+        .unwrap_or_else(|| panic!("the key stayed {MISSING:?} after its Service was deleted"));
+    let took = gone - deleted;
+    eprintln!("Service deleted → its key gone from etcd: {took:?}");
+    eventually("Ready=False/ServiceNotFound", MISSING, || async {
+        (condition_via_api(&regs, "api", "Ready").await == "False/ServiceNotFound").then_some(())
+    })
+    .await;
+    let reported = deleted.elapsed();
+    eprintln!("Service deleted → Ready=False/ServiceNotFound: {reported:?}");
+    assert!(took <= REACT, "key gone {took:?} after the deletion");
+    assert!(
+        reported <= REACT,
+        "status said so {reported:?} after the deletion"
+    );
+    assert!(
+        !scope
+            .kubectl(&["get", "endpointslice", "api-pods", "-o", "name"])
+            .is_empty(),
+        "the slice is still there: only the Service's deletion was the trigger"
+    );
+
+    // The Service comes back: the key follows it.
+    let back = Instant::now();
+    scope.apply(service);
+    let marker = owner_marker(&scope, "api");
+    event_on(&mut watch, MISSING, put_with(&marker))
+        .await
+        .unwrap_or_else(|| {
+            panic!("not published again within {MISSING:?} of the Service's return")
+        });
+    eprintln!("Service re-created → key in etcd: {:?}", back.elapsed());
+}

@@ -11,6 +11,7 @@ use crate::writeback::desired::{self, DesiredKey};
 use crate::writeback::policy::Policy;
 use crate::writeback::status::{self, Lookup, Note, Source, Written};
 use crate::writeback::store::{self, Put};
+use crate::writeback::triggers;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -20,7 +21,6 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use std::collections::BTreeSet;
@@ -76,30 +76,36 @@ pub async fn run(
     });
     tracing::info!(policy = %ctx.policy.describe(), prefix = %ctx.prefix, "write-back controller starting");
 
-    let (regs, slices): (Api<EtcdRegistration>, Api<PartialObjectMeta<EndpointSlice>>) =
-        match &args.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+    let (regs, slices, services) = match &args.namespace {
+        Some(ns) => (
+            Api::<EtcdRegistration>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<EndpointSlice>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let mut config = watcher::Config::default();
     if let Some(selector) = &args.selector {
         config = config.labels(selector);
     }
     let controller = Controller::new(regs, config);
-    let store = controller.store();
-    // serviceRef: a change to any EndpointSlice re-checks the registrations that follow its
-    // Service. Metadata only: the endpoints are read when reconciling.
     // Everything again when this replica becomes leader or its etcd lease changes.
     let again = futures::stream::select(became_true(leader), changed(lease));
+    let (by_slice, by_service) = (controller.store(), controller.store());
     controller
-        .watches(
-            slices,
-            watcher::Config::default(),
-            move |s| following(&store, &s),
-        )
+        // serviceRef: a change to an EndpointSlice, or to the Service itself (it may be deleted
+        // while its slices stay), re-checks the registrations that follow that Service.
+        // Metadata only: the endpoints are read when reconciling.
+        .watches(slices, watcher::Config::default(), move |s| {
+            triggers::following_slice(&by_slice.state(), s.namespace().as_deref(), s.labels())
+        })
+        .watches(services, watcher::Config::default(), move |s| {
+            triggers::following_service(&by_service.state(), s.namespace().as_deref(), &s.name_any())
+        })
         .reconcile_all_on(again)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -153,29 +159,6 @@ fn became_true(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> {
     })
 }
 
-/// The registrations whose serviceRef names the Service of this EndpointSlice.
-fn following(
-    store: &Store<EtcdRegistration>,
-    slice: &PartialObjectMeta<EndpointSlice>,
-) -> Vec<ObjectRef<EtcdRegistration>> {
-    let Some(service) = slice.labels().get("kubernetes.io/service-name") else {
-        return Vec::new();
-    };
-    let ns = slice.namespace();
-    store
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == ns)
-        .filter(|r| {
-            r.spec
-                .service_ref
-                .as_ref()
-                .is_some_and(|s| &s.name == service)
-        })
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
-}
-
 fn error_policy(obj: Arc<EtcdRegistration>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     tracing::warn!(registration = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()), error = %err, "write-back failed; retrying in 5s");
     Action::requeue(Duration::from_secs(5))
@@ -226,9 +209,11 @@ async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
         return Ok(verdict);
     }
     let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
-        .list(
-            &ListParams::default().labels(&format!("{}={}", "kubernetes.io/service-name", r.name)),
-        )
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            triggers::SERVICE_NAME_LABEL,
+            r.name
+        )))
         .await
         .map_err(kube_err(format!("list EndpointSlices of {ns}/{}", r.name)))?;
     Ok(status::from_slices(&ns, r, &slices.items))
@@ -291,8 +276,8 @@ async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
     if let Some(notes) = status::changes(&prev, &next) {
         publish_status(obj, ctx, &next, &notes).await?;
     }
-    // Changes that matter are watched (the object, a followed Service and its slices, keys
-    // leaving etcd, the lease); this pass is a backstop for anything missed.
+    // Changes that matter are watched (the object, a followed Service and its slices, the
+    // lease); this pass is a backstop for anything missed.
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 

@@ -2,7 +2,8 @@
 //! the bridge owns.
 //!
 //! - `crd`: the custom resource; `policy`: who may publish what; `desired`: the keys an object asks
-//!   for; `status`: what its status reports and which Events tell of it (all pure).
+//!   for; `status`: what its status reports and which Events tell of it; `triggers`: which
+//!   objects a change elsewhere concerns (all pure).
 //! - `lease`: the etcd lease of this process, kept alive and replaced when lost.
 //! - `store`: compare-and-put / compare-and-delete transactions that never touch a key another
 //!   owner holds.
@@ -15,3 +16,4 @@ pub mod lease;
 pub mod policy;
 pub mod status;
 pub mod store;
+pub mod triggers;
