@@ -638,7 +638,7 @@ async fn weight_patches_reach_etcd_one_by_one() {
     assert_eq!(latencies.len(), 40);
 }
 
-/// How fast write-back must react to a change in the cluster (issue 10, item 6).
+/// How fast write-back must react to a change in etcd or the cluster (issue 10, items 3 and 6).
 const REACT: Duration = Duration::from_secs(1);
 
 /// How long a test waits for a reaction before calling it missing: well past [`REACT`], well
@@ -700,6 +700,121 @@ async fn condition_via_api(
         .find(|c| c.type_ == type_)
         .map(|c| format!("{}/{}", c.status, c.reason))
         .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_registration_blocked_by_a_foreign_key_is_published_when_that_key_is_deleted() {
+    let scope = Scope::new("wb-unblock");
+    let mut etcd = scope.etcd().await;
+    let key = format!("{}billing/v2/10.6.0.1:9000", scope.prefix);
+    let foreign = seed_value("billing", "v2", "10.6.0.1:9000", 9);
+    etcd.put(key.as_str(), foreign.as_str(), None)
+        .await
+        .unwrap();
+    let bridge = bridge(&scope, &[]).await;
+    scope.apply(&registration(
+        "billing",
+        r#"{service: billing, version: v2, addresses: ["10.6.0.1:9000"]}"#,
+    ));
+    eventually("Conflict=True", WAIT, || async {
+        (condition(&scope, "billing", "Conflict") == "True/ForeignKey").then_some(())
+    })
+    .await;
+    assert_eq!(
+        value(&mut etcd, &key).await.as_deref(),
+        Some(foreign.as_str())
+    );
+
+    // The other registrant goes away: the bridge publishes the key it was kept from.
+    let mut watch = etcd.watch(key.as_str(), None).await.unwrap();
+    let deleted = Instant::now();
+    etcd.delete(key.as_str(), None).await.unwrap();
+    let marker = owner_marker(&scope, "billing");
+    let published = event_on(&mut watch, MISSING, put_with(&marker))
+        .await
+        .unwrap_or_else(|| {
+            panic!("not published within {MISSING:?} of the foreign key's deletion")
+        });
+    let took = published - deleted;
+    eprintln!("foreign key deleted → our key in etcd: {took:?}");
+    assert!(took <= REACT, "published {took:?} after the deletion");
+
+    let regs = kube::Api::namespaced(scope.kube().await, &scope.namespace);
+    eventually("Ready=True, Conflict=False", WAIT, || async {
+        (condition_via_api(&regs, "billing", "Ready").await == "True/Registered"
+            && condition_via_api(&regs, "billing", "Conflict").await == "False/NoConflict")
+            .then_some(())
+    })
+    .await;
+    eprintln!("foreign key deleted → Ready=True: {:?}", deleted.elapsed());
+    // Each reconcile's log lines name the object.
+    let span = format!(
+        "writeback_reconcile{{namespace={} name=billing}}",
+        scope.namespace
+    );
+    let log = bridge.full_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&span) && l.contains("etcd keys updated")),
+        "no line in the span {span}:\n{}",
+        bridge.log()
+    );
+}
+
+// Multi-threaded: the registrant's keepalive must go on while the test blocks on kubectl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_blocked_by_a_foreign_key_is_published_when_its_lease_expires() {
+    let scope = Scope::new("wb-expiry");
+    let mut etcd = scope.etcd().await;
+    let key = format!("{}billing/10.6.1.1:9000", scope.prefix);
+    // A seed-style registrant: a 2 s lease it keeps alive, until it dies.
+    let lease = etcd.lease_grant(2, None).await.unwrap().id();
+    etcd.put(
+        key.as_str(),
+        seed_value("billing", "", "10.6.1.1:9000", 9),
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    let (mut keeper, mut responses) = etcd.lease_keep_alive(lease).await.unwrap();
+    let registrant = tokio::spawn(async move {
+        loop {
+            keeper
+                .keep_alive()
+                .await
+                .expect("keep the foreign lease alive");
+            responses.message().await.expect("keepalive response");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let _bridge = bridge(&scope, &[]).await;
+    scope.apply(&registration(
+        "billing",
+        r#"{service: billing, addresses: ["10.6.1.1:9000"]}"#,
+    ));
+    eventually("Conflict=True", WAIT, || async {
+        (condition(&scope, "billing", "Conflict") == "True/ForeignKey").then_some(())
+    })
+    .await;
+
+    // The registrant dies; its lease runs out and etcd deletes the key.
+    let mut watch = etcd.watch(key.as_str(), None).await.unwrap();
+    registrant.abort();
+    let stopped = Instant::now();
+    let expired = event_on(&mut watch, MISSING, is_delete)
+        .await
+        .expect("the foreign key expires with its 2 s lease");
+    eprintln!(
+        "keepalive stopped → foreign key expired: {:?}",
+        expired - stopped
+    );
+    let marker = owner_marker(&scope, "billing");
+    let published = event_on(&mut watch, MISSING, put_with(&marker))
+        .await
+        .unwrap_or_else(|| panic!("not published within {MISSING:?} of the foreign key's expiry"));
+    let took = published - expired;
+    eprintln!("foreign key expired → our key in etcd: {took:?}");
+    assert!(took <= REACT, "published {took:?} after the expiry");
 }
 
 #[tokio::test]

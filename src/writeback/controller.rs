@@ -8,6 +8,7 @@ use crate::labels::FIELD_MANAGER;
 use crate::metrics::Metrics;
 use crate::writeback::crd::{EtcdRegistration, EtcdRegistrationStatus};
 use crate::writeback::desired::{self, DesiredKey};
+use crate::writeback::freed;
 use crate::writeback::policy::Policy;
 use crate::writeback::status::{self, Lookup, Note, Source, Written};
 use crate::writeback::store::{self, Put};
@@ -93,9 +94,18 @@ pub async fn run(
         config = config.labels(selector);
     }
     let controller = Controller::new(regs, config);
-    // Everything again when this replica becomes leader or its etcd lease changes.
-    let again = futures::stream::select(became_true(leader), changed(lease));
-    let (by_slice, by_service) = (controller.store(), controller.store());
+    // Keys that leave etcd: the registrations that want them get a pass at once (a foreign key
+    // that blocked one is gone); a broken watch, once back, means everything gets one.
+    let (freed_keys, missed) = freed::watch(ctx.etcd.clone(), ctx.prefix.clone(), shutdown.clone());
+    // Everything again when this replica becomes leader, its etcd lease changes, or deletions
+    // in etcd may have been missed.
+    let again = futures::stream::select(
+        futures::stream::select(became_true(leader), changed(lease)),
+        missed,
+    );
+    let (by_slice, by_service, by_key) =
+        (controller.store(), controller.store(), controller.store());
+    let prefix = ctx.prefix.clone();
     controller
         // serviceRef: a change to an EndpointSlice, or to the Service itself (it may be deleted
         // while its slices stay), re-checks the registrations that follow that Service.
@@ -106,6 +116,9 @@ pub async fn run(
         .watches(services, watcher::Config::default(), move |s| {
             triggers::following_service(&by_service.state(), s.namespace().as_deref(), &s.name_any())
         })
+        .reconcile_on(freed_keys.flat_map(move |key| {
+            futures::stream::iter(triggers::wanting_key(&by_key.state(), &prefix, &key))
+        }))
         .reconcile_all_on(again)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -276,8 +289,8 @@ async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
     if let Some(notes) = status::changes(&prev, &next) {
         publish_status(obj, ctx, &next, &notes).await?;
     }
-    // Changes that matter are watched (the object, a followed Service and its slices, the
-    // lease); this pass is a backstop for anything missed.
+    // Changes that matter are watched (the object, a followed Service and its slices, keys
+    // leaving etcd, the lease); this pass is a backstop for anything missed.
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 

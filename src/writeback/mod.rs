@@ -7,11 +7,13 @@
 //! - `lease`: the etcd lease of this process, kept alive and replaced when lost.
 //! - `store`: compare-and-put / compare-and-delete transactions that never touch a key another
 //!   owner holds.
+//! - `freed`: the watch on keys leaving etcd under the write-back prefix.
 //! - `controller`: the kube-runtime controller that ties them together (leader only).
 
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod freed;
 pub mod lease;
 pub mod policy;
 pub mod status;

@@ -1,6 +1,7 @@
 //! Which EtcdRegistrations a change outside them concerns: a followed Service or EndpointSlice
-//! changed (or went). Pure, over the controller's store; the controller reconciles what these
-//! return.
+//! changed (or went), or a key under the write-back prefix left etcd (deleted, or expired with
+//! its lease), which may be a foreign key that blocked a registration, or one of ours. Pure,
+//! over the controller's store; the controller reconciles what these return.
 //!
 //! Reconciling an object it did not need to costs a few etcd reads and writes nothing, so the
 //! matching errs towards too many, never too few.
@@ -43,11 +44,50 @@ pub fn following_slice(
     }
 }
 
+/// The registrations that would write `key` (written back under `prefix`): same service and
+/// version, and the address among its static addresses; any address for a serviceRef, whose
+/// addresses the store does not hold.
+pub fn wanting_key(
+    regs: &[Arc<EtcdRegistration>],
+    prefix: &str,
+    key: &str,
+) -> Vec<ObjectRef<EtcdRegistration>> {
+    let Some((service, version, addr)) = split_key(prefix, key) else {
+        return Vec::new();
+    };
+    regs.iter()
+        .filter(|r| r.spec.service == service && r.spec.version.as_deref().unwrap_or("") == version)
+        .filter(|r| match &r.spec.addresses {
+            Some(a) => a.iter().any(|a| a.0 == addr),
+            None => r.spec.service_ref.is_some(),
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+/// `{prefix}{service}/{version}/{addr}` or `{prefix}{service}/{addr}` (what `registry::reg_key`
+/// writes) as (service, version, addr). None of the three may contain `/` (the CRD's schema
+/// refuses it), so the split is unambiguous.
+fn split_key<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str, &'k str)> {
+    let rest = key.strip_prefix(prefix)?;
+    let mut parts = rest.split('/');
+    let (first, second, third) = (parts.next()?, parts.next()?, parts.next());
+    if parts.next().is_some() {
+        return None;
+    }
+    let (service, version, addr) = match third {
+        Some(addr) => (first, second, addr),
+        None => (first, "", second),
+    };
+    (!service.is_empty() && !addr.is_empty()).then_some((service, version, addr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::writeback::crd::{Address, EtcdRegistrationSpec, ServiceRef};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     fn reg(
@@ -110,6 +150,33 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_key_concerns_the_registrations_that_want_it() {
+        let regs = estate();
+        assert_eq!(
+            names(wanting_key(&regs, "/p/", "/p/billing/v2/10.0.0.1:9000")),
+            ["a/static-v2", "b/ref-v2"]
+        );
+        assert_eq!(
+            names(wanting_key(&regs, "/p/", "/p/billing/v2/[fd00::1]:9000")),
+            ["a/static-v2", "b/ref-v2"]
+        );
+        assert_eq!(
+            names(wanting_key(&regs, "/p/", "/p/billing/10.0.0.1:9000")),
+            ["a/static-nov"]
+        );
+        // An address nobody lists, another version, another prefix: nobody.
+        assert_eq!(
+            names(wanting_key(&regs, "/p/", "/p/billing/10.0.0.9:9000")),
+            Vec::<String>::new()
+        );
+        assert!(wanting_key(&regs, "/p/", "/p/billing/v3/10.0.0.1:9000").is_empty());
+        assert!(wanting_key(&regs, "/p/", "/q/billing/v2/10.0.0.1:9000").is_empty());
+        // Not a registration key at all.
+        assert!(wanting_key(&regs, "/p/", "/p/billing").is_empty());
+        assert!(wanting_key(&regs, "/p/", "/p/billing/v2/x/10.0.0.1:9000").is_empty());
+    }
+
+    #[test]
     fn a_service_or_its_slice_concerns_the_registrations_following_it_in_its_namespace() {
         let regs = estate();
         assert_eq!(
@@ -128,5 +195,21 @@ mod tests {
             ["a/ref-api"]
         );
         assert!(following_slice(&regs, Some("a"), &BTreeMap::new()).is_empty());
+    }
+
+    proptest! {
+        /// Whatever the names, a key the bridge would write for an address concerns the
+        /// registration that lists that address.
+        #[test]
+        fn every_written_key_maps_back_to_its_registration(
+            service in "[a-zA-Z0-9_.:-]{1,20}",
+            version in proptest::option::of("[a-zA-Z0-9_.:-]{0,10}"),
+            addr in "(10\\.[0-9]{1,3}\\.0\\.1|\\[fd00::[0-9a-f]{1,4}\\]):[0-9]{1,5}",
+            prefix in "/([a-z0-9-]{1,8}/){0,2}",
+        ) {
+            let r = reg("ns", "r", &service, version.as_deref(), Some(&[addr.as_str()]), None);
+            let key = crate::registry::reg_key(&prefix, &service, version.as_deref().unwrap_or(""), &addr);
+            prop_assert_eq!(names(wanting_key(&[r], &prefix, &key)), vec!["ns/r".to_string()]);
+        }
     }
 }
