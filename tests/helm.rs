@@ -258,7 +258,7 @@ fn writeback_rules() -> BTreeSet<Rule> {
             &[],
             &["get", "list", "watch"],
         ),
-        rule("", "services", &[], &["get"]),
+        rule("", "services", &[], &["get", "list", "watch"]),
         rule("events.k8s.io", "events", &[], &["create", "patch"]),
     ]
     .into_iter()
@@ -1337,7 +1337,8 @@ async fn helm_install_upgrade_and_uninstall_with_the_bridge_working_under_the_ch
             &["delete", "endpointslices.discovery.k8s.io", "-n", &apps],
             false,
         ),
-        (&["list", "services", "-n", &apps], false),
+        // serviceRef: write-back watches Services everywhere; it may read them, never write.
+        (&["watch", "services", "-n", &apps], true),
         (&["get", "secrets", "-n", ns], false),
         (&["list", "pods", "-n", ns], false),
         (

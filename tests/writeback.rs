@@ -2,6 +2,9 @@
 //! seed's Go `Register` writes them, under the bridge's etcd lease.
 
 mod common;
+// Reacting to changes outside the object: keys freed in etcd, followed Services deleted.
+#[path = "writeback/watches.rs"]
+mod watches;
 
 use common::*;
 use etcd_client::{Client as Etcd, EventType, GetOptions, WatchOptions};

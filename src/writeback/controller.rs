@@ -8,18 +8,20 @@ use crate::labels::FIELD_MANAGER;
 use crate::metrics::Metrics;
 use crate::writeback::crd::{EtcdRegistration, EtcdRegistrationStatus};
 use crate::writeback::desired::{self, DesiredKey};
+use crate::writeback::freed;
 use crate::writeback::policy::Policy;
+use crate::writeback::status::{self, Lookup, Note, Source, Written};
 use crate::writeback::store::{self, Put};
+use crate::writeback::triggers;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use std::collections::BTreeSet;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub const FINALIZER: &str = "etcd-bridge.io/registration";
 
@@ -74,30 +77,48 @@ pub async fn run(
     });
     tracing::info!(policy = %ctx.policy.describe(), prefix = %ctx.prefix, "write-back controller starting");
 
-    let (regs, slices): (Api<EtcdRegistration>, Api<PartialObjectMeta<EndpointSlice>>) =
-        match &args.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+    let (regs, slices, services) = match &args.namespace {
+        Some(ns) => (
+            Api::<EtcdRegistration>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<EndpointSlice>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let mut config = watcher::Config::default();
     if let Some(selector) = &args.selector {
         config = config.labels(selector);
     }
     let controller = Controller::new(regs, config);
-    let store = controller.store();
-    // serviceRef: a change to any EndpointSlice re-checks the registrations that follow its
-    // Service. Metadata only: the endpoints are read when reconciling.
-    // Everything again when this replica becomes leader or its etcd lease changes.
-    let again = futures::stream::select(became_true(leader), changed(lease));
+    // Keys that leave etcd: the registrations that want them get a pass at once (a foreign key
+    // that blocked one is gone); a broken watch, once back, means everything gets one.
+    let (freed_keys, missed) = freed::watch(ctx.etcd.clone(), ctx.prefix.clone(), shutdown.clone());
+    // Everything again when this replica becomes leader, its etcd lease changes, or deletions
+    // in etcd may have been missed.
+    let again = futures::stream::select(
+        futures::stream::select(became_true(leader), changed(lease)),
+        missed,
+    );
+    let (by_slice, by_service, by_key) =
+        (controller.store(), controller.store(), controller.store());
+    let prefix = ctx.prefix.clone();
     controller
-        .watches(
-            slices,
-            watcher::Config::default(),
-            move |s| following(&store, &s),
-        )
+        // serviceRef: a change to an EndpointSlice, or to the Service itself (it may be deleted
+        // while its slices stay), re-checks the registrations that follow that Service.
+        // Metadata only: the endpoints are read when reconciling.
+        .watches(slices, watcher::Config::default(), move |s| {
+            triggers::following_slice(&by_slice.state(), s.namespace().as_deref(), s.labels())
+        })
+        .watches(services, watcher::Config::default(), move |s| {
+            triggers::following_service(&by_service.state(), s.namespace().as_deref(), &s.name_any())
+        })
+        .reconcile_on(freed_keys.flat_map(move |key| {
+            futures::stream::iter(triggers::wanting_key(&by_key.state(), &prefix, &key))
+        }))
         .reconcile_all_on(again)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -151,29 +172,6 @@ fn became_true(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> {
     })
 }
 
-/// The registrations whose serviceRef names the Service of this EndpointSlice.
-fn following(
-    store: &Store<EtcdRegistration>,
-    slice: &PartialObjectMeta<EndpointSlice>,
-) -> Vec<ObjectRef<EtcdRegistration>> {
-    let Some(service) = slice.labels().get("kubernetes.io/service-name") else {
-        return Vec::new();
-    };
-    let ns = slice.namespace();
-    store
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == ns)
-        .filter(|r| {
-            r.spec
-                .service_ref
-                .as_ref()
-                .is_some_and(|s| &s.name == service)
-        })
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
-}
-
 fn error_policy(obj: Arc<EtcdRegistration>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     tracing::warn!(registration = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()), error = %err, "write-back failed; retrying in 5s");
     Action::requeue(Duration::from_secs(5))
@@ -185,14 +183,17 @@ async fn reconcile(obj: Arc<EtcdRegistration>, ctx: Arc<Ctx>) -> Result<Action> 
         return Ok(Action::await_change());
     }
     let ns = obj.namespace().unwrap_or_default();
-    let api: Api<EtcdRegistration> = Api::namespaced(ctx.client.clone(), &ns);
     let name = obj.name_any();
+    // Every line logged while reconciling this object names it.
+    let span = tracing::info_span!("writeback_reconcile", namespace = %ns, name = %name);
+    let api: Api<EtcdRegistration> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             finalizer::Event::Apply(o) => apply(&o, &ctx).await,
             finalizer::Event::Cleanup(o) => cleanup(&o, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::WriteBack {
         key: format!("{ns}/{name}"),
@@ -200,33 +201,12 @@ async fn reconcile(obj: Arc<EtcdRegistration>, ctx: Arc<Ctx>) -> Result<Action> 
     })
 }
 
-/// Where the addresses come from, or why there are none.
-enum Source {
-    Addresses(Vec<String>),
-    Denied(&'static str, String),
-    NotReady(&'static str, String),
-}
-
+/// Where the addresses come from: the spec, or the followed Service and its slices.
 async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
     let ns = obj.namespace().unwrap_or_default();
-    if !ctx.policy.allows(&ns, &obj.spec.service) {
-        return Ok(Source::Denied(
-            "PolicyDenied",
-            format!(
-                "namespace {ns} may not publish service {:?}: the write-back policy is {}",
-                obj.spec.service,
-                ctx.policy.describe()
-            ),
-        ));
-    }
-    if let Some(a) = &obj.spec.addresses {
-        return Ok(Source::Addresses(a.iter().map(|a| a.0.clone()).collect()));
-    }
-    let Some(r) = &obj.spec.service_ref else {
-        return Ok(Source::NotReady(
-            "NoSource",
-            "give addresses or serviceRef".into(),
-        ));
+    let r = match status::from_spec(&ns, &obj.spec, &ctx.policy) {
+        Lookup::Decided(source) => return Ok(source),
+        Lookup::Follow(r) => r,
     };
     let kube_err = |what: String| {
         move |source| Error::Kube {
@@ -238,41 +218,18 @@ async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
         .get_opt(&r.name)
         .await
         .map_err(kube_err(format!("get Service {ns}/{}", r.name)))?;
-    let Some(svc) = svc else {
-        return Ok(Source::NotReady(
-            "ServiceNotFound",
-            format!("Service {ns}/{} does not exist (yet)", r.name),
-        ));
-    };
-    if svc
-        .labels()
-        .get(crate::labels::MANAGED_BY)
-        .map(String::as_str)
-        == Some(crate::labels::MANAGED_BY_VALUE)
-    {
-        return Ok(Source::Denied(
-            "FeedbackLoop",
-            format!(
-                "Service {ns}/{} is projected from etcd by etcd-bridge; writing it back would loop",
-                r.name
-            ),
-        ));
+    if let Some(verdict) = status::followed_service(&ns, r, svc.as_ref()) {
+        return Ok(verdict);
     }
     let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={}", r.name)))
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            triggers::SERVICE_NAME_LABEL,
+            r.name
+        )))
         .await
         .map_err(kube_err(format!("list EndpointSlices of {ns}/{}", r.name)))?;
-    let addrs = desired::ready_addresses(&slices.items, &r.port);
-    if addrs.is_empty() {
-        return Ok(Source::NotReady(
-            "NoReadyEndpoints",
-            format!(
-                "Service {ns}/{} has no ready endpoint on port {:?}",
-                r.name, r.port
-            ),
-        ));
-    }
-    Ok(Source::Addresses(addrs))
+    Ok(status::from_slices(&ns, r, &slices.items))
 }
 
 async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
@@ -288,113 +245,69 @@ async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
         _ => Vec::new(),
     };
     let mut etcd = ctx.etcd.clone();
-    let mut registered = Vec::new();
-    let mut conflicts = Vec::new();
+    let mut written = Written {
+        wanted: want.len(),
+        ..Written::default()
+    };
+    let mut put = 0;
     for d in &want {
         match store::put(&mut etcd, &d.key, &d.value, lease, &owner).await? {
-            Put::Conflict(who) => conflicts.push(format!("{} (held by {who})", d.key)),
+            Put::Conflict(who) => written.conflicts.push(format!("{} (held by {who})", d.key)),
             Put::Written => {
                 ctx.metrics.write("put", "etcd");
-                registered.push(d.key.clone());
+                put += 1;
+                written.registered.push(d.key.clone());
             }
-            Put::Unchanged => registered.push(d.key.clone()),
+            Put::Unchanged => written.registered.push(d.key.clone()),
         }
     }
     let wanted: BTreeSet<&str> = want.iter().map(|d| d.key.as_str()).collect();
+    let mut deleted = 0;
     for stale in prev.keys.iter().filter(|k| !wanted.contains(k.as_str())) {
         if store::delete(&mut etcd, stale, &owner).await? {
             ctx.metrics.write("delete", "etcd");
+            deleted += 1;
         }
     }
-
-    let generation = obj.metadata.generation;
+    if put > 0 || deleted > 0 {
+        tracing::info!(
+            put,
+            deleted,
+            conflicts = written.conflicts.len(),
+            "etcd keys updated"
+        );
+    }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let c = |t: &str, s: bool, r: &str, m: String| {
-        desired::condition(&prev.conditions, t, s, r, m, generation, now.clone())
-    };
-    let (denied, ready, conflict) = match &source {
-        Source::Denied(reason, msg) => (
-            c("Denied", true, reason, msg.clone()),
-            c("Ready", false, reason, "denied: nothing is written".into()),
-            c("Conflict", false, "NoConflict", String::new()),
-        ),
-        Source::NotReady(reason, msg) => (
-            c("Denied", false, "Allowed", String::new()),
-            c("Ready", false, reason, msg.clone()),
-            c("Conflict", false, "NoConflict", String::new()),
-        ),
-        Source::Addresses(_) if !conflicts.is_empty() => (
-            c("Denied", false, "Allowed", String::new()),
-            c(
-                "Ready",
-                false,
-                "Conflict",
-                format!(
-                    "{} of {} keys are held by another registrant",
-                    conflicts.len(),
-                    want.len()
-                ),
-            ),
-            c(
-                "Conflict",
-                true,
-                "ForeignKey",
-                format!("not overwritten: {}", conflicts.join(", ")),
-            ),
-        ),
-        Source::Addresses(_) => (
-            c("Denied", false, "Allowed", String::new()),
-            c(
-                "Ready",
-                true,
-                "Registered",
-                format!("{} keys registered under lease {lease:x}", registered.len()),
-            ),
-            c("Conflict", false, "NoConflict", String::new()),
-        ),
-    };
-    let status = EtcdRegistrationStatus {
-        observed_generation: generation,
-        conditions: vec![ready, conflict, denied],
-        endpoints: registered.len() as i64,
-        keys: registered,
-        lease_id: Some(format!("{lease:x}")),
-    };
-    publish_status(obj, ctx, &prev, status).await?;
+    let next = status::status(
+        &source,
+        &written,
+        &prev,
+        obj.metadata.generation,
+        lease,
+        now,
+    );
+    if let Some(notes) = status::changes(&prev, &next) {
+        publish_status(obj, ctx, &next, &notes).await?;
+    }
+    // Changes that matter are watched (the object, a followed Service and its slices, keys
+    // leaving etcd, the lease); this pass is a backstop for anything missed.
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// Writes the status if it says something new, with an Event for each condition that changed.
+/// Records `notes` as Events and writes `status`.
 async fn publish_status(
     obj: &EtcdRegistration,
     ctx: &Ctx,
-    prev: &EtcdRegistrationStatus,
-    status: EtcdRegistrationStatus,
+    status: &EtcdRegistrationStatus,
+    notes: &[Note],
 ) -> Result<()> {
-    let unchanged = desired::same_conditions(&prev.conditions, &status.conditions)
-        && prev.keys == status.keys
-        && prev.lease_id == status.lease_id
-        && prev.observed_generation == status.observed_generation;
-    if unchanged {
-        return Ok(());
-    }
-    for c in &status.conditions {
-        let before = prev.conditions.iter().find(|p| p.type_ == c.type_);
-        if before.map(|b| (&b.status, &b.reason)) != Some((&c.status, &c.reason)) && event_worthy(c)
-        {
-            let warning = (c.type_ == "Ready") != (c.status == "True");
-            ctx.event(
-                obj,
-                if warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                &c.reason,
-                &c.message,
-            )
-            .await;
-        }
+    for n in notes {
+        let type_ = if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(obj, type_, &n.reason, &n.message).await;
     }
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<EtcdRegistration> = Api::namespaced(ctx.client.clone(), &ns);
@@ -417,11 +330,6 @@ async fn publish_status(
         source,
     })?;
     Ok(())
-}
-
-/// `False` conditions that only say "nothing wrong" are not worth an Event.
-fn event_worthy(c: &Condition) -> bool {
-    !(c.status == "False" && matches!(c.reason.as_str(), "Allowed" | "NoConflict"))
 }
 
 impl Ctx {

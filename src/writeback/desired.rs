@@ -1,9 +1,9 @@
-//! What an EtcdRegistration asks for in etcd, and the conditions that report how it went. Pure.
+//! What an EtcdRegistration asks for in etcd: its keys and values, and the ready addresses of a
+//! followed Service. Pure.
 
 use crate::format::seed::{self, OWNER_FIELD};
 use crate::writeback::crd::EtcdRegistrationSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
@@ -76,51 +76,6 @@ pub fn ready_addresses(slices: &[EndpointSlice], port: &IntOrString) -> Vec<Stri
     out.sort();
     out.dedup();
     out
-}
-
-/// A condition, keeping `lastTransitionTime` from `previous` when the status did not change (the
-/// API convention).
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Time,
-) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(now);
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: last,
-    }
-}
-
-/// Whether two condition lists say the same thing (ignoring times).
-pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
-    let key = |c: &Condition| {
-        (
-            c.type_.clone(),
-            c.status.clone(),
-            c.reason.clone(),
-            c.message.clone(),
-            c.observed_generation,
-        )
-    };
-    let mut x: Vec<_> = a.iter().map(key).collect();
-    let mut y: Vec<_> = b.iter().map(key).collect();
-    x.sort();
-    y.sort();
-    x == y
 }
 
 #[cfg(test)]
@@ -220,40 +175,5 @@ mod tests {
             ["10.0.0.9:9090"]
         );
         assert!(ready_addresses(&slices, &IntOrString::Int(1)).is_empty());
-    }
-
-    #[test]
-    fn condition_keeps_its_transition_time_while_the_status_holds() {
-        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1).unwrap());
-        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2).unwrap());
-        let c = condition(
-            &[],
-            "Ready",
-            true,
-            "Registered",
-            "ok".into(),
-            Some(1),
-            t0.clone(),
-        );
-        let again = condition(
-            std::slice::from_ref(&c),
-            "Ready",
-            true,
-            "Registered",
-            "ok".into(),
-            Some(2),
-            t1.clone(),
-        );
-        assert_eq!(again.last_transition_time, t0);
-        let flipped = condition(
-            &[c],
-            "Ready",
-            false,
-            "Conflict",
-            "no".into(),
-            Some(2),
-            t1.clone(),
-        );
-        assert_eq!(flipped.last_transition_time, t1);
     }
 }

@@ -23,17 +23,14 @@ pub fn spawn(
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut lease: Option<i64> = None;
         loop {
-            let outcome = tokio::select! {
+            let mut kept_alive = false;
+            let ended = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = keep(&args, ttl_secs, &mut lease, &tx) => r,
+                e = keep(&args, ttl_secs, &mut lease, &tx, &mut kept_alive) => e,
             };
-            let wait = backoff.next_delay();
-            match outcome {
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?wait, "etcd lease keepalive failed; registrations stay until the lease's TTL runs out")
-                }
-                Ok(()) => backoff.reset(),
-            }
+            let Err(error) = ended;
+            let wait = retry_after(&mut backoff, kept_alive);
+            tracing::warn!(%error, retry_in = ?wait, "etcd lease keepalive failed; registrations stay until the lease's TTL runs out");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -43,14 +40,25 @@ pub fn spawn(
     rx
 }
 
+/// The wait before the next session. A session that kept the lease alive proves etcd answered,
+/// so the backoff starts over: a failure hours later is retried at once, not after the longest
+/// wait that earlier outages built up.
+fn retry_after(backoff: &mut Backoff, kept_alive: bool) -> Duration {
+    if kept_alive {
+        backoff.reset();
+    }
+    backoff.next_delay()
+}
+
 /// One session: reuse the lease if etcd still has it, else grant a new one; then keep it alive
-/// until something fails.
+/// until something fails (the only way it ends), setting `kept_alive` once etcd has renewed it.
 async fn keep(
     args: &EtcdArgs,
     ttl: i64,
     lease: &mut Option<i64>,
     tx: &watch::Sender<Option<i64>>,
-) -> Result<(), String> {
+    kept_alive: &mut bool,
+) -> Result<std::convert::Infallible, String> {
     let mut client = crate::etcd::connect(args)
         .await
         .map_err(|e| e.to_string())?;
@@ -85,7 +93,7 @@ async fn keep(
             .await
             .map_err(|e| format!("keep the etcd lease alive: {e}"))?;
         match responses.message().await {
-            Ok(Some(r)) if r.ttl() > 0 => {}
+            Ok(Some(r)) if r.ttl() > 0 => *kept_alive = true,
             Ok(_) => {
                 *lease = None;
                 return Err(format!(
@@ -95,5 +103,35 @@ async fn keep(
             Err(e) => return Err(format!("keep the etcd lease alive: {e}")),
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_kept_the_lease_alive_starts_the_backoff_over() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let first = retry_after(&mut b, false);
+        assert!(first < Duration::from_millis(251), "{first:?}");
+        for _ in 0..6 {
+            retry_after(&mut b, false);
+        }
+        let grown = retry_after(&mut b, false);
+        assert!(
+            grown >= Duration::from_secs(5),
+            "failing sessions back off: {grown:?}"
+        );
+        let after_success = retry_after(&mut b, true);
+        assert!(
+            after_success < Duration::from_millis(251),
+            "reset after keeping the lease alive: {after_success:?}"
+        );
+        let next = retry_after(&mut b, false);
+        assert!(
+            next >= Duration::from_millis(400) && next < Duration::from_millis(501),
+            "then it grows again: {next:?}"
+        );
     }
 }

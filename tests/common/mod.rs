@@ -63,7 +63,7 @@ rules:
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get]
+  verbs: [get, list, watch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
