@@ -2,8 +2,9 @@
 
 use crate::Ctx;
 use crate::harness::{block, progress};
-use crate::metrics::metric_sum;
 use etcd_bridge_testbed::TestBed;
+use etcd_bridge_testbed::bridge::BridgeTarget;
+use etcd_bridge_testbed::metrics;
 use etcd_bridge_testbed::process::{Proc, free_port, http_get};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,15 +32,17 @@ impl Bridge {
     pub fn spawn(spec: &BridgeSpec) -> Bridge {
         let port = free_port();
         let log = spec.bed.dir.join(format!("bridge-{}.log", spec.label));
-        let mut args = vec![
-            "run".to_string(),
-            format!("--etcd-endpoints={}", spec.bed.registry.endpoint()),
-            format!("--prefix={}", spec.prefix),
-            format!("--namespace={}", spec.namespace),
-            format!("--kubeconfig={}", spec.bed.cluster.kubeconfig.display()),
-            format!("--listen=127.0.0.1:{port}"),
-            "--leader-election=false".into(),
-        ];
+        let endpoint = spec.bed.registry.endpoint();
+        let target = BridgeTarget {
+            dir: &spec.bed.dir,
+            etcd_endpoint: &endpoint,
+            prefix: spec.prefix,
+            namespace: spec.namespace,
+            kubeconfig: &spec.bed.cluster.kubeconfig,
+        };
+        let mut args = target.run_args();
+        args.push(format!("--listen=127.0.0.1:{port}"));
+        args.push("--leader-election=false".into());
         args.extend(spec.extra.iter().cloned());
         let spawned = Instant::now();
         let proc = block(|| Proc::spawn("etcd-bridge", spec.bin, &args, &log)).unwrap_or_else(
@@ -108,7 +111,7 @@ impl Bridge {
     /// The sum of `etcd_bridge_api_writes_total` over every verb and kind.
     pub async fn api_writes(&self) -> Option<f64> {
         let text = self.metrics().await;
-        (!text.is_empty()).then(|| metric_sum(&text, "etcd_bridge_api_writes_total"))
+        (!text.is_empty()).then(|| metrics::sum(&text, "etcd_bridge_api_writes_total"))
     }
 
     /// Peak and current resident set size, in MiB (VmHWM, VmRSS of /proc/PID/status).
@@ -134,7 +137,7 @@ impl Bridge {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+        self.proc.full_log()
     }
 }
 
@@ -171,14 +174,6 @@ pub fn note_log_warnings(ctx: &mut Ctx, what: &str, log: &str) {
         ctx.anomalies
             .push(format!("{what}: {n}× in the bridge's log: {msg}"));
     }
-}
-
-pub fn bridge_help(bridge: &Path) -> String {
-    std::process::Command::new(bridge)
-        .args(["run", "--help"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// Whether `help` lists the flag `name` (a whole word, not a prefix of a longer flag).

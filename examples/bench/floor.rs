@@ -3,16 +3,15 @@
 
 use crate::Ctx;
 use crate::changes::{Sink, converge, create_namespace, run_changes, slice_json, ssa};
+use crate::etcd_watch::watch_puts;
 use crate::harness::{Rng, progress, step};
 use crate::model::{Model, reg_value};
 use crate::stats::{Stats, r3};
 use crate::tracker::Tracker;
-use etcd_client::{Client as Etcd, EventType, WatchOptions};
+use etcd_client::{Client as Etcd, WatchOptions};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch};
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the floor measured; its slice is used again at the isolated changes' spacing.
@@ -69,26 +68,9 @@ pub async fn section(ctx: &mut Ctx) -> Floor {
 /// etcd put → etcd-client watch event, at `rate`.
 pub async fn floor_etcd(etcd: &mut Etcd, n: usize, rate: f64) -> Stats {
     let prefix = "/bench-floor/";
-    let mut watch = etcd
-        .watch(prefix, Some(WatchOptions::new().with_prefix()))
+    let (seen, task) = watch_puts(etcd, prefix, WatchOptions::new().with_prefix())
         .await
         .expect("watch the floor prefix");
-    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let s = seen.clone();
-    let task = tokio::spawn(async move {
-        while let Ok(Some(resp)) = watch.message().await {
-            let t = Instant::now();
-            for ev in resp.events() {
-                if ev.event_type() == EventType::Put
-                    && let Some(kv) = ev.kv()
-                {
-                    s.lock()
-                        .unwrap()
-                        .insert(String::from_utf8_lossy(kv.key()).into_owned(), t);
-                }
-            }
-        }
-    });
     let gap = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let mut sent = Vec::with_capacity(n);
@@ -108,7 +90,7 @@ pub async fn floor_etcd(etcd: &mut Etcd, n: usize, rate: f64) -> Stats {
     let mut missed = 0;
     for (k, t) in sent {
         match seen.get(&k) {
-            Some(s) => samples.push(s.saturating_duration_since(t).as_secs_f64() * 1000.0),
+            Some((s, _, _)) => samples.push(s.saturating_duration_since(t).as_secs_f64() * 1000.0),
             None => missed += 1,
         }
     }

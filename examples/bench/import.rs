@@ -3,6 +3,7 @@
 //! memory at 10k. Their order matters: each starts from the state the one before it left.
 
 use crate::bridge::{Bridge, note_log_warnings, stop_bridge};
+use crate::changes::{Run, Sink, run_changes};
 use crate::model::Model;
 use crate::stats::{Stats, r3};
 use crate::tracker::Tracker;
@@ -38,6 +39,27 @@ pub struct Estate {
     pub model: Model,
     pub tracker: Tracker,
     pub bridge: Bridge,
+}
+
+impl Estate {
+    /// `n` etcd changes, one every `gap`, each timed until the bridge's slices show it; waits up
+    /// to `drain` for the last ones.
+    pub async fn run_changes(
+        &mut self,
+        ctx: &mut Ctx,
+        (n, gap, drain): (usize, Duration, Duration),
+        what: &str,
+    ) -> Run {
+        run_changes(
+            &mut Sink::Etcd(&mut ctx.etcd, self.prefix.to_string()),
+            &self.tracker,
+            &mut self.model,
+            &mut ctx.rng,
+            (n, gap, drain),
+            what,
+        )
+        .await
+    }
 }
 
 pub async fn import_sections(ctx: &mut Ctx) -> Import {

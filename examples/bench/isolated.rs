@@ -3,7 +3,6 @@
 
 use crate::Ctx;
 use crate::audit::writes_json;
-use crate::changes::{Sink, run_changes};
 use crate::floor::FloorSlice;
 use crate::harness::{progress, step};
 use crate::import::Estate;
@@ -18,13 +17,6 @@ pub struct Isolated {
 }
 
 pub async fn section(ctx: &mut Ctx, estate: &mut Estate, floor_slice: &mut FloorSlice) -> Isolated {
-    let Estate {
-        ns,
-        prefix,
-        model,
-        tracker,
-        bridge,
-    } = estate;
     step(&format!(
         "isolated changes: {} changes {} ms apart, writes counted in the audit log",
         ctx.sz.isolated,
@@ -38,21 +30,13 @@ pub async fn section(ctx: &mut Ctx, estate: &mut Estate, floor_slice: &mut Floor
         floor_isolated.brief()
     ));
     let mark = ctx.audit.mark();
-    let metric0 = bridge.api_writes().await;
-    let metrics_before = bridge.metrics().await;
-    let iso = run_changes(
-        &mut Sink::Etcd(&mut ctx.etcd, prefix.to_string()),
-        tracker,
-        model,
-        &mut ctx.rng,
-        (n, gap, drain),
-        "isolated",
-    )
-    .await;
+    let metric0 = estate.bridge.api_writes().await;
+    let metrics_before = estate.bridge.metrics().await;
+    let iso = estate.run_changes(ctx, (n, gap, drain), "isolated").await;
     tokio::time::sleep(ctx.sz.settle).await;
-    let iso_writes = ctx.audit.bridge_writes(mark, ns);
-    let metric1 = bridge.api_writes().await;
-    let metrics_after = bridge.metrics().await;
+    let iso_writes = ctx.audit.bridge_writes(mark, estate.ns);
+    let metric1 = estate.bridge.api_writes().await;
+    let metrics_after = estate.bridge.metrics().await;
     progress(&format!(
         "{} writes for {n} changes ({} by the bridge's own counter)",
         iso_writes.len(),

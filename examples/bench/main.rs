@@ -29,6 +29,7 @@ mod audit;
 mod bridge;
 mod changes;
 mod cpu;
+mod etcd_watch;
 mod harness;
 mod metrics;
 mod model;
@@ -52,9 +53,10 @@ mod plot;
 mod report;
 
 use audit::Audit;
-use bridge::{BridgeSpec, bridge_help};
+use bridge::BridgeSpec;
 use cpu::{Cpu, clk_tck, components};
 use etcd_bridge_testbed::TestBed;
+use etcd_bridge_testbed::bridge::run_help;
 use etcd_client::Client as Etcd;
 use harness::{Rng, block, elapsed, progress, step};
 use options::{Opts, Sizes};
@@ -141,7 +143,7 @@ async fn main() {
         pids: components(&bed.dir),
     };
     progress(&format!("components: {:?}", cpu.pids));
-    let help = bridge_help(&opts.bridge);
+    let help = run_help(&opts.bridge);
     let mut import_args = opts.bridge_args.clone();
     // Measure the import alone: a bridge that runs write-back by default has it turned off.
     if help.contains("--writeback <") && !import_args.iter().any(|a| a.starts_with("--writeback")) {

@@ -1,18 +1,7 @@
-//! The bridge's Prometheus metrics: a family's sum, and the sync-latency histogram per phase.
+//! The bridge's sync-latency histogram, per phase (the test bed's `metrics` reads the rest).
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
-
-/// Sums every series of a metric family (lines `name{...} value` or `name value`).
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
-}
 
 /// The bridge's `sync_latency_seconds` histogram: (upper bound, cumulative count) per bucket,
 /// and the sum and count.

@@ -3,6 +3,7 @@
 
 use crate::harness::{Rng, progress};
 use crate::tracker::Tracker;
+use etcd_bridge_testbed::seed::{seed_key, seed_value};
 use etcd_client::{Client as Etcd, Txn, TxnOp};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -79,13 +80,14 @@ impl Model {
     }
 }
 
+/// The key of a registration: unversioned, so one Service per name.
 pub fn reg_key(prefix: &str, service: &str, ip: &str) -> String {
-    format!("{prefix}{service}/{ip}:{PORT}")
+    seed_key(prefix, service, "", &format!("{ip}:{PORT}"))
 }
 
 /// The value the seed's Go `Register` writes (no version: one Service per name).
 pub fn reg_value(service: &str, ip: &str) -> String {
-    format!(r#"{{"name":"{service}","addr":"{ip}:{PORT}","version":"","weight":10}}"#)
+    seed_value(service, "", &format!("{ip}:{PORT}"), 10)
 }
 
 /// Puts `regs` in txns of at most [`TXN_OPS`] puts, one after another, as fast as etcd takes

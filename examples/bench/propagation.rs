@@ -3,7 +3,7 @@
 
 use crate::Ctx;
 use crate::audit::writes_json;
-use crate::changes::{Sink, converge, run_changes};
+use crate::changes::converge;
 use crate::harness::step;
 use crate::import::Estate;
 use crate::metrics::histogram_delta;
@@ -12,37 +12,24 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 pub async fn section(ctx: &mut Ctx, estate: &mut Estate) -> Stats {
-    let Estate {
-        ns,
-        prefix,
-        model,
-        tracker,
-        bridge,
-    } = estate;
-    let regs = model.registrations();
+    let regs = estate.model.registrations();
     step(&format!(
         "propagation: {} changes at {}/s (alternating add/delete on random services) over {regs} registrations",
         ctx.sz.changes, ctx.sz.rate
     ));
-    let metrics_before = bridge.metrics().await;
+    let metrics_before = estate.bridge.metrics().await;
     let mark = ctx.audit.mark();
-    let cpu = ctx.cpu.mark(Some(bridge));
+    let cpu = ctx.cpu.mark(Some(&estate.bridge));
     let gap = Duration::from_secs_f64(1.0 / ctx.sz.rate);
     let (n, drain) = (ctx.sz.changes, ctx.sz.drain);
-    let prop = run_changes(
-        &mut Sink::Etcd(&mut ctx.etcd, prefix.to_string()),
-        tracker,
-        model,
-        &mut ctx.rng,
-        (n, gap, drain),
-        "propagation: etcd → EndpointSlice",
-    )
-    .await;
-    bridge.check_alive();
-    let prop_cpu = ctx.cpu.since(&cpu, Some(bridge));
+    let prop = estate
+        .run_changes(ctx, (n, gap, drain), "propagation: etcd → EndpointSlice")
+        .await;
+    estate.bridge.check_alive();
+    let prop_cpu = ctx.cpu.since(&cpu, Some(&estate.bridge));
     tokio::time::sleep(ctx.sz.settle).await;
-    let prop_writes = ctx.audit.bridge_writes(mark, ns);
-    let metrics_after = bridge.metrics().await;
+    let prop_writes = ctx.audit.bridge_writes(mark, estate.ns);
+    let metrics_after = estate.bridge.metrics().await;
     if !prop.missed.is_empty() {
         ctx.anomalies.push(format!(
             "propagation: {} of {n} etcd changes never showed in the bridge's EndpointSlices within {drain:?} (e.g. {})",
@@ -51,11 +38,11 @@ pub async fn section(ctx: &mut Ctx, estate: &mut Estate) -> Stats {
         ));
     }
     let (still, _) = converge(
-        tracker,
-        &model.want,
+        &estate.tracker,
+        &estate.model.want,
         Instant::now(),
         Duration::from_secs(10),
-        Some(bridge),
+        Some(&mut estate.bridge),
         "after propagation",
     )
     .await;

@@ -4,16 +4,16 @@
 use crate::Ctx;
 use crate::bridge::{Bridge, BridgeSpec, has_flag, note_log_warnings, stop_bridge};
 use crate::changes::{create_namespace, ssa};
+use crate::etcd_watch::{KeyLog, watch_puts};
 use crate::harness::{block, progress, step};
 use crate::model::fresh_ip;
 use crate::stats::{Stats, dur_json, secs};
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::WatchOptions;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch};
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CRD_NAME: &str = "etcdregistrations.etcd-bridge.io";
@@ -41,28 +41,11 @@ pub async fn section(ctx: &mut Ctx) -> Value {
     }
 }
 
-/// etcd keys seen by a watch of the whole keyspace: key → (first seen, last value, last seen).
-type KeyLog = Arc<Mutex<HashMap<String, (Instant, String, Instant)>>>;
-
 async fn writeback(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
     let (ns, prefix) = ("bench-writeback", "/bench-writeback/");
-    let crd_path = crd.display().to_string();
-    let out = block(|| ctx.bed.cluster.kubectl(&["apply", "-f", &crd_path]));
-    if !out.status.success() {
-        return Err(format!(
-            "kubectl apply -f {crd_path}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let yaml = std::fs::read_to_string(crd).map_err(|e| format!("read {}: {e}", crd.display()))?;
+    block(|| ctx.bed.cluster.install_crd(&yaml, CRD_NAME))?;
     let crd_ref = format!("crd/{CRD_NAME}");
-    block(|| {
-        ctx.bed.cluster.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            &crd_ref,
-            "--timeout=60s",
-        ])
-    });
     let out = block(|| {
         ctx.bed.cluster.kubectl(&[
             "get",
@@ -81,29 +64,9 @@ async fn writeback(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
 
     // Every key in etcd, wherever the bridge writes it: matched by `{service}/{version}/{addr}`.
-    let keys: KeyLog = Arc::default();
-    let mut watch = ctx
-        .etcd
-        .watch("", Some(WatchOptions::new().with_all_keys()))
+    let (keys, task) = watch_puts(&mut ctx.etcd, "", WatchOptions::new().with_all_keys())
         .await
         .map_err(|e| format!("watch etcd: {e}"))?;
-    let k = keys.clone();
-    let task = tokio::spawn(async move {
-        while let Ok(Some(resp)) = watch.message().await {
-            let t = Instant::now();
-            for ev in resp.events() {
-                if ev.event_type() == EventType::Put
-                    && let Some(kv) = ev.kv()
-                {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let value = String::from_utf8_lossy(kv.value()).into_owned();
-                    let mut k = k.lock().unwrap();
-                    let first = k.get(&key).map_or(t, |e| e.0);
-                    k.insert(key, (first, value, t));
-                }
-            }
-        }
-    });
 
     let mut extra: Vec<String> = ctx
         .opts

@@ -459,16 +459,12 @@ async fn with_the_charts_args_a_sigtermed_leader_hands_over_to_the_standby_withi
     let mut b = start_as_pod(bed, &deployment, &kubeconfig, "ha-etcd-bridge-6f8-b");
     b.ready(WAIT).await;
     assert_eq!(b.metric("etcd_bridge_leader"), Some(0.0), "b stands by");
-    let lease = [
-        "get",
-        "lease",
-        "etcd-bridge-ha",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ];
-    let holder = must("read the Lease", kubectl(bed, &lease));
+    // A field of the chart's Lease, by JSONPath.
+    let lease = |path: &str| {
+        let args = ["get", "lease", "etcd-bridge-ha", "-n", ns, "-o", path];
+        kubectl(bed, &args)
+    };
+    let holder = must("read the Lease", lease("jsonpath={.spec.holderIdentity}"));
     assert_eq!(
         holder, "ha-etcd-bridge-6f8-a",
         "POD_NAME is the Lease identity"
@@ -497,16 +493,7 @@ async fn with_the_charts_args_a_sigtermed_leader_hands_over_to_the_standby_withi
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = t0.elapsed();
-    let spec = [
-        "get",
-        "lease",
-        "etcd-bridge-ha",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec}",
-    ];
-    let now = kubectl(bed, &spec).stdout;
+    let now = lease("jsonpath={.spec}").stdout;
     assert_eq!(
         b.metric("etcd_bridge_leader"),
         Some(1.0),

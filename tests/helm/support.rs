@@ -5,7 +5,7 @@
 // own `converged` (slices only, no Service needed) shadows the shared one.
 pub use crate::common::*;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -283,10 +283,9 @@ pub fn exists(bed: &TestBed, args: &[&str]) -> bool {
 }
 
 pub fn create_namespace(bed: &TestBed, name: &str) {
-    must(
-        "create namespace",
-        kubectl(bed, &["create", "namespace", name]),
-    );
+    bed.cluster
+        .create_namespace(name)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `kubectl apply --dry-run=server`: the API server validates every object (schemas, strict
@@ -310,22 +309,10 @@ pub fn server_validates(bed: &TestBed, what: &str, yaml: &str) {
 pub fn servicemonitor_crd(bed: &TestBed) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let out = bed
-            .cluster
-            .kubectl_stdin(&["apply", "-f", "-"], SERVICEMONITOR_CRD);
-        assert!(
-            out.status.success(),
-            "install the ServiceMonitor CRD: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let crd = "crd/servicemonitors.monitoring.coreos.com";
-        must(
-            "wait for the ServiceMonitor CRD",
-            kubectl(
-                bed,
-                &["wait", "--for=condition=Established", crd, "--timeout=30s"],
-            ),
-        );
+        let crd = "servicemonitors.monitoring.coreos.com";
+        bed.cluster
+            .install_crd(SERVICEMONITOR_CRD, crd)
+            .unwrap_or_else(|e| panic!("{e}"));
     });
 }
 
@@ -396,11 +383,10 @@ spec:
 pub fn bridge_help() -> &'static str {
     static HELP: OnceLock<String> = OnceLock::new();
     HELP.get_or_init(|| {
-        let out = Command::new(env!("CARGO_BIN_EXE_etcd-bridge"))
-            .args(["run", "--help"])
-            .output()
-            .expect("etcd-bridge run --help");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let help =
+            etcd_bridge_testbed::bridge::run_help(Path::new(env!("CARGO_BIN_EXE_etcd-bridge")));
+        assert!(!help.is_empty(), "`etcd-bridge run --help` printed nothing");
+        help
     })
 }
 
@@ -524,20 +510,6 @@ pub fn can(bed: &TestBed, user: &str, args: &[&str]) -> bool {
     let as_user = format!("--as={user}");
     let all = [&["auth", "can-i"], args, &[as_user.as_str()]].concat();
     kubectl(bed, &all).stdout.trim() == "yes"
-}
-
-pub async fn slices_of(api: &Api<EndpointSlice>, service: &str) -> Vec<EndpointSlice> {
-    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-    api.list(&lp).await.expect("list EndpointSlices").items
-}
-
-pub fn addresses(slices: &[EndpointSlice]) -> Vec<String> {
-    let mut a: Vec<String> = slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
-        .collect();
-    a.sort();
-    a
 }
 
 /// Waits until `service`'s slices hold exactly `want`; returns them.
