@@ -6,7 +6,9 @@
 //! it so); otherwise it keeps running until Ctrl-C.
 
 use etcd_bridge_testbed::TestBed;
+use etcd_bridge_testbed::bridge::BridgeTarget;
 use etcd_bridge_testbed::process::{Proc, free_port};
+use etcd_bridge_testbed::seed::{seed_key, seed_value};
 use etcd_client::{Client, PutOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,14 +48,16 @@ async fn main() {
 
     step("starting etcd-bridge run");
     let http = free_port();
-    let args = vec![
-        "run".to_string(),
-        format!("--etcd-endpoints={}", bed.registry.endpoint()),
-        "--prefix=/".into(),
-        "--namespace=default".into(),
-        format!("--kubeconfig={}", bed.cluster.kubeconfig.display()),
-        format!("--listen=127.0.0.1:{http}"),
-    ];
+    let endpoint = bed.registry.endpoint();
+    let target = BridgeTarget {
+        dir: &bed.dir,
+        etcd_endpoint: &endpoint,
+        prefix: "/",
+        namespace: "default",
+        kubeconfig: &bed.cluster.kubeconfig,
+    };
+    let mut args = target.run_args();
+    args.push(format!("--listen=127.0.0.1:{http}"));
     let log = bed.dir.join("etcd-bridge.log");
     let mut bridge = Proc::spawn("etcd-bridge", &bridge_bin, &args, &log)
         .unwrap_or_else(|e| panic!("{e} (build it first: cargo build --bin etcd-bridge)"));
@@ -67,14 +71,8 @@ async fn main() {
         .expect("connect to the registry etcd");
     let lease = etcd.lease_grant(10, None).await.expect("grant lease").id();
     for (name, version, addr, weight) in SERVICES {
-        let key = if version.is_empty() {
-            format!("/{name}/{addr}")
-        } else {
-            format!("/{name}/{version}/{addr}")
-        };
-        let value = format!(
-            r#"{{"name":"{name}","addr":"{addr}","version":"{version}","weight":{weight}}}"#
-        );
+        let key = seed_key("/", name, version, addr);
+        let value = seed_value(name, version, addr, *weight);
         etcd.put(
             key.clone(),
             value.clone(),

@@ -254,7 +254,7 @@ async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
         match store::put(&mut etcd, &d.key, &d.value, lease, &owner).await? {
             Put::Conflict(who) => written.conflicts.push(format!("{} (held by {who})", d.key)),
             Put::Written => {
-                ctx.metrics.write("put", "etcd");
+                ctx.metrics.etcd_write("put");
                 put += 1;
                 written.registered.push(d.key.clone());
             }
@@ -265,7 +265,7 @@ async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
     let mut deleted = 0;
     for stale in prev.keys.iter().filter(|k| !wanted.contains(k.as_str())) {
         if store::delete(&mut etcd, stale, &owner).await? {
-            ctx.metrics.write("delete", "etcd");
+            ctx.metrics.etcd_write("delete");
             deleted += 1;
         }
     }
@@ -363,7 +363,7 @@ async fn cleanup(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
     let mut etcd = ctx.etcd.clone();
     for k in &keys {
         if store::delete(&mut etcd, k, &owner).await? {
-            ctx.metrics.write("delete", "etcd");
+            ctx.metrics.etcd_write("delete");
         }
     }
     ctx.event(

@@ -65,7 +65,7 @@ pub fn wanting_key(
         .collect()
 }
 
-/// `{prefix}{service}/{version}/{addr}` or `{prefix}{service}/{addr}` (what `registry::reg_key`
+/// `{prefix}{service}/{version}/{addr}` or `{prefix}{service}/{addr}` (what `format::seed::reg_key`
 /// writes) as (service, version, addr). None of the three may contain `/` (the CRD's schema
 /// refuses it), so the split is unambiguous.
 fn split_key<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str, &'k str)> {
@@ -208,7 +208,7 @@ mod tests {
             prefix in "/([a-z0-9-]{1,8}/){0,2}",
         ) {
             let r = reg("ns", "r", &service, version.as_deref(), Some(&[addr.as_str()]), None);
-            let key = crate::registry::reg_key(&prefix, &service, version.as_deref().unwrap_or(""), &addr);
+            let key = crate::format::seed::reg_key(&prefix, &service, version.as_deref().unwrap_or(""), &addr);
             prop_assert_eq!(names(wanting_key(&[r], &prefix, &key)), vec!["ns/r".to_string()]);
         }
     }

@@ -182,6 +182,44 @@ impl ControlPlane {
         child.wait_with_output().expect("wait for kubectl")
     }
 
+    /// Creates the namespace `name` (as admin).
+    pub fn create_namespace(&self, name: &str) -> Result<(), String> {
+        let out = self.kubectl(&["create", "namespace", name]);
+        if !out.status.success() {
+            return Err(format!(
+                "create namespace {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies a CustomResourceDefinition (`yaml`, server-side, so it is idempotent) and waits
+    /// until `crd` (e.g. `etcdregistrations.etcd-bridge.io`) is Established, i.e. served.
+    pub fn install_crd(&self, yaml: &str, crd: &str) -> Result<(), String> {
+        let out = self.kubectl_stdin(&["apply", "--server-side", "-f", "-"], yaml);
+        if !out.status.success() {
+            return Err(format!(
+                "apply the CRD {crd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let name = format!("crd/{crd}");
+        let out = self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &name,
+        ]);
+        if !out.status.success() {
+            return Err(format!(
+                "the CRD {crd} is not established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
     pub fn kubectl_path(&self) -> PathBuf {
         self.bins.join("kubectl")
     }

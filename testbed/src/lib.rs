@@ -6,10 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bridge;
 pub mod control_plane;
 pub mod etcd;
+pub mod metrics;
 pub mod pki;
 pub mod process;
+pub mod seed;
 
 pub use control_plane::{ControlPlane, client_from};
 pub use etcd::Etcd;

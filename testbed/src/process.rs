@@ -113,6 +113,11 @@ impl Proc {
         let _ = self.wrapper.wait();
     }
 
+    /// The component's whole log.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `lines` lines of the component's log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)

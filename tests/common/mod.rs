@@ -91,12 +91,9 @@ impl Scope {
     pub fn new(base: &str) -> Scope {
         let bed = TestBed::shared();
         let namespace = unique(base);
-        let out = bed.cluster.kubectl(&["create", "namespace", &namespace]);
-        assert!(
-            out.status.success(),
-            "create namespace: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bed.cluster
+            .create_namespace(&namespace)
+            .unwrap_or_else(|e| panic!("{e}"));
         Scope {
             bed,
             prefix: format!("/{namespace}/"),
@@ -186,40 +183,13 @@ impl Scope {
 pub fn install_crd(bed: &TestBed) {
     let crd =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/etcdregistrations.etcd-bridge.io.yaml");
-    let out = bed
-        .cluster
-        .kubectl(&["apply", "--server-side", "-f", &crd.display().to_string()]);
-    assert!(
-        out.status.success(),
-        "apply the CRD: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = bed.cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/etcdregistrations.etcd-bridge.io",
-    ]);
-    assert!(
-        out.status.success(),
-        "CRD not established: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let yaml = std::fs::read_to_string(&crd).expect("read the generated CRD");
+    bed.cluster
+        .install_crd(&yaml, "etcdregistrations.etcd-bridge.io")
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// The value the seed's Go `Register` writes: `json.Marshal(Server{...})`.
-pub fn seed_value(name: &str, version: &str, addr: &str, weight: i64) -> String {
-    format!(r#"{{"name":"{name}","addr":"{addr}","version":"{version}","weight":{weight}}}"#)
-}
-
-/// The key the seed's `BuildRegPath` makes, under `prefix`.
-pub fn seed_key(prefix: &str, name: &str, version: &str, addr: &str) -> String {
-    if version.is_empty() {
-        format!("{prefix}{name}/{addr}")
-    } else {
-        format!("{prefix}{name}/{version}/{addr}")
-    }
-}
+pub use etcd_bridge_testbed::seed::{seed_key, seed_value};
 
 /// Registers like the seed's `Register.register()`: a lease of `ttl` seconds and one key under it.
 /// Returns the lease id (not kept alive: keep it alive or let it expire as the test needs).
@@ -330,10 +300,7 @@ impl Bridge {
     /// The value of one metric line (exact series, e.g. `etcd_bridge_leader`).
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics")?;
-        body.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        etcd_bridge_testbed::metrics::value(&body, series)
     }
 
     /// Waits for `/readyz` to answer 200; panics with the bridge's log otherwise.
@@ -373,13 +340,7 @@ impl Bridge {
 
 /// Where [`Bridge::start_with`] points a bridge: any registry etcd, prefix, namespace and
 /// kubeconfig, with its log under `dir`.
-pub struct BridgeTarget<'a> {
-    pub dir: &'a Path,
-    pub etcd_endpoint: &'a str,
-    pub prefix: &'a str,
-    pub namespace: &'a str,
-    pub kubeconfig: &'a Path,
-}
+pub use etcd_bridge_testbed::bridge::BridgeTarget;
 
 /// The ServiceAccount user a bridge run with [`Scope::bridge_kubeconfig`] has in the audit log.
 pub fn bridge_user(namespace: &str) -> String {
@@ -430,6 +391,6 @@ impl Bridge {
 
     /// The whole log of this bridge.
     pub fn full_log(&self) -> String {
-        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+        self.proc.full_log()
     }
 }

@@ -1,0 +1,154 @@
+//! The command line, and how big each section is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct Opts {
+    pub smoke: bool,
+    pub bridge: PathBuf,
+    pub out: PathBuf,
+    pub bridge_args: Vec<String>,
+    pub peer_rate: Option<f64>,
+    pub services: Option<usize>,
+    pub replot: Option<PathBuf>,
+}
+
+impl Opts {
+    pub fn parse() -> Opts {
+        let mut opts = Opts {
+            smoke: false,
+            bridge: PathBuf::from("target/release/etcd-bridge"),
+            out: PathBuf::from("target/bench"),
+            bridge_args: Vec::new(),
+            peer_rate: None,
+            services: None,
+            replot: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) => (f.to_string(), Some(v.to_string())),
+                None => (a.clone(), None),
+            };
+            let mut value = |name: &str| {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+            };
+            match flag.as_str() {
+                "--smoke" => opts.smoke = true,
+                "--bridge" => opts.bridge = PathBuf::from(value("--bridge")),
+                "--out" => opts.out = PathBuf::from(value("--out")),
+                "--bridge-arg" => opts.bridge_args.push(value("--bridge-arg")),
+                "--peer-rate" => {
+                    opts.peer_rate = Some(
+                        value("--peer-rate")
+                            .parse()
+                            .unwrap_or_else(|_| usage("--peer-rate takes a number")),
+                    )
+                }
+                "--replot" => opts.replot = Some(PathBuf::from(value("--replot"))),
+                "--services" => {
+                    opts.services = Some(
+                        value("--services")
+                            .parse()
+                            .unwrap_or_else(|_| usage("--services takes a number")),
+                    )
+                }
+                "-h" | "--help" => usage(""),
+                other => usage(&format!("unknown argument {other}")),
+            }
+        }
+        opts
+    }
+}
+
+pub fn usage(err: &str) -> ! {
+    if !err.is_empty() {
+        eprintln!("bench: {err}");
+    }
+    eprintln!(
+        "usage: bench [--smoke] [--bridge PATH] [--out DIR] [--bridge-arg ARG]... [--peer-rate N] [--services N] [--replot results.json]"
+    );
+    std::process::exit(2)
+}
+
+/// How big each section is: the numbers, or a tiny smoke version of them.
+pub struct Sizes {
+    pub services: usize,
+    pub endpoints: usize,
+    pub rate: f64,
+    pub changes: usize,
+    pub floor_changes: usize,
+    pub peer_services: usize,
+    pub peer_endpoints: usize,
+    pub peer_changes: usize,
+    pub peer_rate: f64,
+    pub isolated: usize,
+    pub isolated_gap: Duration,
+    pub burst: usize,
+    pub big_services: usize,
+    pub big_endpoints: usize,
+    pub writeback_objects: usize,
+    pub writeback_changes: usize,
+    pub settle: Duration,
+    pub drain: Duration,
+    pub converge_timeout: Duration,
+    pub big_timeout: Duration,
+    pub restart_timeout: Duration,
+}
+
+impl Sizes {
+    pub fn new(opts: &Opts) -> Sizes {
+        if opts.smoke {
+            Sizes {
+                services: 10,
+                endpoints: 3,
+                rate: 50.0,
+                changes: 20,
+                floor_changes: 20,
+                peer_services: 5,
+                peer_endpoints: 3,
+                peer_changes: 10,
+                peer_rate: opts.peer_rate.unwrap_or(10.0),
+                isolated: 4,
+                isolated_gap: Duration::from_millis(200),
+                burst: 300,
+                big_services: 50,
+                big_endpoints: 10,
+                writeback_objects: 10,
+                writeback_changes: 5,
+                settle: Duration::from_secs(1),
+                drain: Duration::from_secs(15),
+                converge_timeout: Duration::from_secs(60),
+                big_timeout: Duration::from_secs(60),
+                restart_timeout: Duration::from_secs(30),
+            }
+        } else {
+            Sizes {
+                services: opts.services.unwrap_or(1_000),
+                endpoints: 10,
+                rate: 50.0,
+                changes: 1_000,
+                floor_changes: 250,
+                peer_services: 100,
+                peer_endpoints: 10,
+                peer_changes: 200,
+                peer_rate: opts.peer_rate.unwrap_or(10.0),
+                isolated: 20,
+                isolated_gap: Duration::from_millis(300),
+                burst: 10_000,
+                big_services: 10_000,
+                big_endpoints: 10,
+                writeback_objects: 1_000,
+                writeback_changes: 50,
+                settle: Duration::from_secs(3),
+                drain: Duration::from_secs(20),
+                converge_timeout: Duration::from_secs(180),
+                big_timeout: Duration::from_secs(420),
+                restart_timeout: Duration::from_secs(60),
+            }
+        }
+    }
+}
