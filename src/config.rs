@@ -275,9 +275,10 @@ impl EtcdArgs {
                 )));
             }
         }
-        for Source { prefix: a, .. } in &self.prefixes {
-            for Source { prefix: b, .. } in &self.prefixes {
-                if a != b && b.starts_with(a.as_str()) {
+        for (i, Source { prefix: a, .. }) in self.prefixes.iter().enumerate() {
+            for (j, Source { prefix: b, .. }) in self.prefixes.iter().enumerate() {
+                // The same prefix twice (say in two formats) is refused too.
+                if i != j && b.starts_with(a.as_str()) {
                     return Err(Error::Config(format!(
                         "--prefix `{a}` contains `{b}`: a key under `{b}` would be read twice, differently; watch only one of them"
                     )));
@@ -387,6 +388,10 @@ mod tests {
             ]
         );
         assert!(etcd(&["services/=seed"]).validate().is_err());
+        assert!(
+            etcd(&["/a/,/a/=kratos"]).validate().is_err(),
+            "one prefix, two formats"
+        );
         let bad = Cli::try_parse_from(["etcd-bridge", "run", "--prefix=/a/=consul"]);
         assert!(
             bad.unwrap_err()

@@ -5,6 +5,9 @@ mod common;
 // Reacting to changes outside the object: keys freed in etcd, followed Services deleted.
 #[path = "writeback/watches.rs"]
 mod watches;
+// Write-back in formats other than the seed's.
+#[path = "writeback/formats.rs"]
+mod formats;
 
 use common::*;
 use etcd_client::{Client as Etcd, EventType, GetOptions, WatchOptions};

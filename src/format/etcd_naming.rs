@@ -32,6 +32,51 @@ pub fn parse(target: &str, value: &str) -> Result<Registration, SkipReason> {
     })
 }
 
+/// The value `Manager.AddEndpoint` writes for `Endpoint{Addr: addr, Metadata: metadata}`, with
+/// the weight in the metadata (where [`parse`] reads it) and `extra` fields after the struct's
+/// (Go's decoder ignores unknown fields: the owner marker rides there). Deterministic, so an
+/// unchanged registration compares equal.
+pub fn encode_value(
+    addr: &str,
+    weight: i64,
+    metadata: &std::collections::BTreeMap<String, String>,
+    extra: &[(&str, &str)],
+) -> String {
+    use crate::format::seed::push_go_string;
+    let mut out = String::from("{\"Op\":0,\"Addr\":");
+    push_go_string(&mut out, addr);
+    out.push_str(",\"Metadata\":{");
+    // Go marshals a map with its keys sorted; `weight` takes its place among them.
+    let mut fields: Vec<(&str, String)> = metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "weight")
+        .map(|(k, v)| {
+            let mut s = String::new();
+            push_go_string(&mut s, v);
+            (k.as_str(), s)
+        })
+        .collect();
+    fields.push(("weight", weight.to_string()));
+    fields.sort();
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_go_string(&mut out, k);
+        out.push(':');
+        out.push_str(v);
+    }
+    out.push('}');
+    for (k, v) in extra {
+        out.push(',');
+        push_go_string(&mut out, k);
+        out.push(':');
+        push_go_string(&mut out, v);
+    }
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +106,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.name.as_str(), r.weight), ("svc/team/greeter", 5));
+    }
+
+    #[test]
+    fn what_write_back_writes_reads_back() {
+        let metadata = [("zone".to_string(), "eu<1".to_string())].into();
+        let v = encode_value(
+            "10.0.0.1:80",
+            3,
+            &metadata,
+            &[("etcd-bridge.io/owner", "a/b/c")],
+        );
+        assert_eq!(
+            v,
+            r#"{"Op":0,"Addr":"10.0.0.1:80","Metadata":{"weight":3,"zone":"eu\u003c1"},"etcd-bridge.io/owner":"a/b/c"}"#
+        );
+        let r = entry("greeter/10.0.0.1:80", &v).unwrap();
+        assert_eq!((r.name.as_str(), r.weight), ("greeter", 3));
+        assert_eq!(
+            crate::format::seed::owner_of(v.as_bytes()).as_deref(),
+            Some("a/b/c")
+        );
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn encode_value(
 
 /// Appends `s` as a JSON string escaped the way Go's encoding/json does (HTML-safe, and
 /// U+2028/U+2029 escaped), so encoded values compare equal to what Go services write.
-fn push_go_string(out: &mut String, s: &str) {
+pub(crate) fn push_go_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {

@@ -47,9 +47,27 @@ pub struct EtcdRegistrationSpec {
     /// The ready endpoints of a Service in this namespace, followed as its pods come and go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_ref: Option<ServiceRef>,
-    /// Extra string fields carried in the value (Go's encoding/json ignores unknown fields).
+    /// Extra string fields carried in the value (Go's encoding/json ignores unknown fields); in
+    /// the etcd-naming format, the endpoint's Metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// How the keys are written: `seed` (the default) or `etcd-naming`, for clients of etcd's own
+    /// gRPC resolver (`go.etcd.io/etcd/client/v3/naming`), which dial
+    /// `etcd:///{prefix}{service}[/{version}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<WriteFormat>,
+}
+
+/// The registry formats write-back writes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WriteFormat {
+    /// `{prefix}{service}[/{version}]/{addr}` → `{"name","addr","version","weight"}`.
+    #[default]
+    #[serde(rename = "seed")]
+    Seed,
+    /// The same key → `{"Op":0,"Addr":"ip:port","Metadata":{..,"weight":N}}`.
+    #[serde(rename = "etcd-naming")]
+    EtcdNaming,
 }
 
 /// `host:port` (IPv6 as `[addr]:port`).

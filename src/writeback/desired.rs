@@ -1,8 +1,9 @@
 //! What an EtcdRegistration asks for in etcd: its keys and values, and the ready addresses of a
 //! followed Service. Pure.
 
+use crate::format::etcd_naming;
 use crate::format::seed::{self, OWNER_FIELD};
-use crate::writeback::crd::EtcdRegistrationSpec;
+use crate::writeback::crd::{EtcdRegistrationSpec, WriteFormat};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
@@ -19,8 +20,8 @@ pub fn owner(instance: &str, namespace: &str, name: &str) -> String {
     format!("{instance}/{namespace}/{name}")
 }
 
-/// The keys and values, exactly as the seed's `Register` writes them, plus the owner marker and
-/// the spec's metadata as extra fields.
+/// The keys and values, exactly as the seed's `Register` (or etcd's endpoints `Manager`, for
+/// the etcd-naming format) writes them, plus the owner marker and the spec's metadata.
 pub fn keys(
     prefix: &str,
     owner: &str,
@@ -28,13 +29,22 @@ pub fn keys(
     addrs: &[String],
 ) -> Vec<DesiredKey> {
     let version = spec.version.as_deref().unwrap_or("");
-    let mut extra: BTreeMap<String, String> = spec.metadata.clone().unwrap_or_default();
+    let metadata: BTreeMap<String, String> = spec.metadata.clone().unwrap_or_default();
+    let mut extra = metadata.clone();
     extra.insert(OWNER_FIELD.into(), owner.into());
+    let value = |addr: &str| match spec.format.unwrap_or_default() {
+        WriteFormat::Seed => seed::encode_value(&spec.service, version, addr, spec.weight, &extra),
+        WriteFormat::EtcdNaming => {
+            etcd_naming::encode_value(addr, spec.weight, &metadata, &[(OWNER_FIELD, owner)])
+        }
+    };
     let mut out: Vec<DesiredKey> = addrs
         .iter()
         .map(|addr| DesiredKey {
+            // Both formats share the key: `{target}/{addr}` with the target the service (and
+            // version), which is what an etcd-naming client dials.
             key: seed::reg_key(prefix, &spec.service, version, addr),
-            value: seed::encode_value(&spec.service, version, addr, spec.weight, &extra),
+            value: value(addr),
         })
         .collect();
     out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -91,7 +101,24 @@ mod tests {
             addresses: None,
             service_ref: None,
             metadata: Some(BTreeMap::from([("zone".into(), "a".into())])),
+            format: None,
         }
+    }
+
+    #[test]
+    fn etcd_naming_keys_share_the_layout_and_carry_endpoint_values() {
+        let mut s = spec(Some("v1"));
+        s.format = Some(WriteFormat::EtcdNaming);
+        let k = keys("/", "default/ns/reg", &s, &["10.0.0.1:50051".into()]);
+        assert_eq!(k[0].key, "/greeter/v1/10.0.0.1:50051");
+        assert_eq!(
+            k[0].value,
+            r#"{"Op":0,"Addr":"10.0.0.1:50051","Metadata":{"weight":5,"zone":"a"},"etcd-bridge.io/owner":"default/ns/reg"}"#
+        );
+        assert_eq!(
+            seed::owner_of(k[0].value.as_bytes()).as_deref(),
+            Some("default/ns/reg")
+        );
     }
 
     #[test]

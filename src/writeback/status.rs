@@ -280,6 +280,7 @@ mod tests {
                 port: IntOrString::String("grpc".into()),
             }),
             metadata: None,
+            format: None,
         }
     }
 

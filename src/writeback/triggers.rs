@@ -110,6 +110,7 @@ mod tests {
                     port: IntOrString::Int(80),
                 }),
                 metadata: None,
+                format: None,
             },
         );
         r.metadata.namespace = Some(ns.into());

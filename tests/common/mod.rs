@@ -271,10 +271,13 @@ impl Bridge {
         let mut args = vec![
             "run".to_string(),
             format!("--etcd-endpoints={}", target.etcd_endpoint),
-            format!("--prefix={}", target.prefix),
             format!("--namespace={}", target.namespace),
             format!("--kubeconfig={}", target.kubeconfig.display()),
         ];
+        // The scope's prefix, unless the test gives its own (e.g. with a format).
+        if !extra.iter().any(|a| a.starts_with("--prefix")) {
+            args.push(format!("--prefix={}", target.prefix));
+        }
         if !extra.iter().any(|a| a.starts_with("--listen")) {
             args.push(format!("--listen=127.0.0.1:{http_port}"));
         }
