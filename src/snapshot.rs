@@ -348,6 +348,34 @@ mod tests {
     }
 
     #[test]
+    fn a_value_changing_only_in_fields_the_projection_ignores_changes_nothing() {
+        // Keepalive re-puts and metadata rewrites must cost no API write: no target changes.
+        let mut s = Snapshot::new(
+            vec![Source {
+                prefix: "/microservices/".into(),
+                format: Format::Kratos,
+            }],
+            true,
+        );
+        let v = |zone: &str| {
+            format!(
+                r#"{{"id":"1","name":"h","version":"v1","metadata":{{"zone":"{zone}"}},"endpoints":["grpc://10.0.0.5:9000"]}}"#
+            )
+        };
+        let key = b"/microservices/h/1";
+        assert!(!s.put(key, v("a").as_bytes()).targets.is_empty());
+        assert!(s.put(key, v("b").as_bytes()).targets.is_empty());
+        assert!(s.put(key, v("b").as_bytes()).targets.is_empty());
+        // The version lives in the value: the versioned target finds the key without a key range.
+        let versioned = Target {
+            prefix: "/microservices/".into(),
+            name: "h".into(),
+            version: Some("v1".into()),
+        };
+        assert_eq!(s.registrations(&versioned).count(), 1);
+    }
+
+    #[test]
     fn reset_recovers_missed_deletes() {
         let mut s = Snapshot::new(seed("/"), false);
         s.put(b"/a/v1/10.0.0.1:1", &value("a", "v1", "10.0.0.1:1", 0));
