@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bridge;
 pub mod control_plane;
 pub mod etcd;
+pub mod go;
 pub mod metrics;
 pub mod pki;
 pub mod process;
