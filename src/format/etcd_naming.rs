@@ -9,16 +9,10 @@
 use crate::format::addr::parse_addr;
 use crate::format::{DEFAULT_WEIGHT, Registration, SkipReason, json};
 
-/// `internal.Add`: the only op a stored value has.
-const OP_ADD: i64 = 0;
-
 /// `target`: the key without its last segment.
 pub fn parse(target: &str, value: &str) -> Result<Registration, SkipReason> {
+    // etcd's resolver ignores `Op` in stored values (every one it reads is an add), as do we.
     let obj = json::object(value).ok_or(SkipReason::InvalidJson)?;
-    match json::field(&obj, "Op").map(|op| op.as_i64()) {
-        None | Some(Some(OP_ADD)) => {}
-        Some(_) => return Err(SkipReason::InvalidJson),
-    }
     let addr = json::string(&obj, "Addr").map_err(|_| SkipReason::InvalidJson)?;
     let addr = parse_addr(addr.unwrap_or_default())?;
     let weight = json::metadata_weight(json::field(&obj, "Metadata"))
@@ -132,7 +126,6 @@ mod tests {
     #[test]
     fn bad_values_are_skipped_with_a_reason() {
         for (value, want) in [
-            (r#"{"Op":1,"Addr":"10.0.0.1:80"}"#, SkipReason::InvalidJson),
             (r#"{"Op":0,"Addr":"greeter:80"}"#, SkipReason::Hostname),
             (r#"{"Op":0}"#, SkipReason::MissingAddr),
             (

@@ -1,7 +1,8 @@
 //! `go-micro`: go-micro's etcd registry. The key is `/micro/registry/{service}/{node id}`, the
 //! value the JSON of `registry.Service` holding that one node:
 //! `{"name","version","metadata","endpoints":[..],"nodes":[{"id","address":"host:port","metadata":{..}}]}`.
-//! The node's address is projected; a `weight` in its metadata is used, else weight 1.
+//! The node's address is projected, if the node serves gRPC (`metadata.protocol`, when given, is
+//! `grpc`); a `weight` in its metadata is used, else weight 1.
 
 use crate::format::addr::parse_addr;
 use crate::format::{DEFAULT_WEIGHT, Registration, SkipReason, json};
@@ -26,10 +27,15 @@ pub fn parse((service, node_id): (&str, &str), value: &str) -> Result<Registrati
             .copied()
             .ok_or(SkipReason::MissingAddr)?,
     };
+    // A gRPC server marks its node `protocol: grpc`; go-micro's default server writes `mucp`,
+    // which gRPC clients cannot call.
+    let metadata = json::field(node, "metadata").and_then(Value::as_object);
+    match metadata.map(|m| json::string(m, "protocol")) {
+        None | Some(Ok(None)) | Some(Ok(Some("grpc"))) => {}
+        Some(_) => return Err(SkipReason::NoGrpcEndpoint),
+    }
     let address = json::string(node, "address").map_err(|_| SkipReason::InvalidJson)?;
-    // Newer go-micro versions may write a scheme; the address is what follows it.
     let address = address.unwrap_or_default();
-    let address = address.split_once("://").map_or(address, |(_, a)| a);
     let weight = json::metadata_weight(json::field(node, "metadata"))
         .map_err(|_| SkipReason::InvalidWeight)?
         .unwrap_or(DEFAULT_WEIGHT);

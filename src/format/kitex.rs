@@ -1,9 +1,13 @@
 //! `kitex`: kitex-contrib/registry-etcd. The key is `kitex/registry-etcd/{service}/{addr}` (no
 //! leading `/`), the value `{"network":"tcp","address":"host:port","weight":N,"tags":{..}}`.
-//! Resolvers read the values under `kitex/registry-etcd/{service}/`. No version.
+//! Resolvers read the values under `kitex/registry-etcd/{service}/`. No version. kitex reads a
+//! missing or non-positive weight as 10, its default, and so does the bridge.
 
 use crate::format::addr::parse_addr;
-use crate::format::{DEFAULT_WEIGHT, Registration, SkipReason, json};
+use crate::format::{Registration, SkipReason, json};
+
+/// kitex's `discovery.DefaultWeight`.
+const KITEX_DEFAULT_WEIGHT: i64 = 10;
 
 /// `service`: the key without its last segment.
 pub fn parse(service: &str, value: &str) -> Result<Registration, SkipReason> {
@@ -16,7 +20,8 @@ pub fn parse(service: &str, value: &str) -> Result<Registration, SkipReason> {
     let addr = json::string(&obj, "address").map_err(|_| SkipReason::InvalidJson)?;
     let weight = json::weight(json::field(&obj, "weight"))
         .map_err(|_| SkipReason::InvalidWeight)?
-        .unwrap_or(DEFAULT_WEIGHT);
+        .filter(|w| *w > 0)
+        .unwrap_or(KITEX_DEFAULT_WEIGHT);
     Ok(Registration {
         name: service.to_owned(),
         version: String::new(),

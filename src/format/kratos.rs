@@ -7,12 +7,15 @@ use crate::format::addr::parse_addr;
 use crate::format::{DEFAULT_WEIGHT, Registration, SkipReason, json};
 use serde_json::Value;
 
-/// The endpoint kratos clients dial for gRPC: the first `grpc://` one.
+/// The endpoint kratos clients dial for gRPC: the first `grpc://` (or TLS `grpcs://`) one.
 pub fn grpc_endpoint(endpoints: &[Value]) -> Option<&str> {
     endpoints
         .iter()
         .filter_map(Value::as_str)
-        .find_map(|e| e.strip_prefix("grpc://"))
+        .find_map(|e| {
+            e.strip_prefix("grpc://")
+                .or_else(|| e.strip_prefix("grpcs://"))
+        })
         // Query (`?isSecure=false`) and path are not part of the address.
         .map(|rest| rest.split(['?', '/']).next().unwrap_or_default())
 }
@@ -20,6 +23,11 @@ pub fn grpc_endpoint(endpoints: &[Value]) -> Option<&str> {
 /// `name`: the key without its last segment (the instance id).
 pub fn parse(name: &str, value: &str) -> Result<Registration, SkipReason> {
     let obj = json::object(value).ok_or(SkipReason::InvalidJson)?;
+    // kratos' reader skips an instance whose name is not the service it watches.
+    match json::string(&obj, "name").map_err(|_| SkipReason::InvalidJson)? {
+        Some(n) if n != name => return Err(SkipReason::KeyValueMismatch),
+        _ => {}
+    }
     let version = json::string(&obj, "version").map_err(|_| SkipReason::InvalidJson)?;
     let endpoints = match json::field(&obj, "endpoints") {
         Some(Value::Array(list)) => list.as_slice(),

@@ -7,6 +7,8 @@ pub mod addr;
 pub mod etcd_naming;
 pub mod go_micro;
 pub mod go_zero;
+#[cfg(test)]
+mod golden;
 mod json;
 pub mod kitex;
 pub mod kratos;
@@ -255,12 +257,20 @@ mod tests {
     fn negative_weights_are_refused_in_every_format() {
         assert_eq!(
             parse(
-                Format::Kitex,
-                "kitex/registry-etcd/",
-                b"kitex/registry-etcd/svc/10.0.0.1:80",
-                br#"{"network":"tcp","address":"10.0.0.1:80","weight":-1}"#
+                Format::Kratos,
+                "/microservices/",
+                b"/microservices/h/1",
+                br#"{"id":"1","name":"h","metadata":{"weight":"-1"},"endpoints":["grpc://10.0.0.5:9000"]}"#
             ),
             Err(SkipReason::NegativeWeight)
         );
+        // kitex reads a non-positive weight as its default, 10.
+        let kitex = parse(
+            Format::Kitex,
+            "kitex/registry-etcd/",
+            b"kitex/registry-etcd/svc/10.0.0.1:80",
+            br#"{"network":"tcp","address":"10.0.0.1:80","weight":-1}"#,
+        );
+        assert_eq!(kitex.map(|(r, _)| r.weight), Ok(10));
     }
 }

@@ -34,7 +34,7 @@ pub enum SkipReason {
     OwnRegistration,
     /// Under an `auto` prefix, the value has the shape of no known format.
     UnknownFormat,
-    /// A kratos instance without a `grpc://` endpoint.
+    /// A kratos instance without a `grpc://` endpoint, or a go-micro node of another protocol.
     NoGrpcEndpoint,
     /// A weight (in the value or its metadata) that is not an integer.
     InvalidWeight,
@@ -119,7 +119,7 @@ impl fmt::Display for SkipReason {
             }
             SkipReason::NegativeWeight => "the weight is negative; register a weight of 0 or more",
             SkipReason::UnknownFormat => "the value has the shape of no known registry format; give this prefix its format with --prefix=PREFIX=FORMAT (see docs/formats.md)",
-            SkipReason::NoGrpcEndpoint => "the service instance has no grpc:// endpoint; only gRPC endpoints are projected",
+            SkipReason::NoGrpcEndpoint => "the instance serves no gRPC (no grpc:// endpoint, or a go-micro node whose protocol is not grpc); only gRPC endpoints are projected",
             SkipReason::InvalidWeight => "the weight is not an integer; register an integer weight (a number, or a decimal string in metadata)",
             SkipReason::OwnRegistration => "this bridge wrote it back from an EtcdRegistration; it is not imported again (--import-own-registrations=true changes that)",
         })
