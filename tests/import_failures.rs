@@ -509,32 +509,48 @@ async fn an_etcd_restored_from_an_older_snapshot_is_relisted_at_once() {
 
 #[tokio::test]
 async fn an_etcd_replaced_by_an_empty_one_is_relisted_at_once() {
+    // The guard counts even two endpoints, so that it is seen to judge the relist.
+    let flags = [NO_RESYNC[0], "--delete-confirm-delay=3s", "--mass-delete-min=1"];
     let (mut server, scope, mut bridge, apis, mut etcd) =
-        on_private_etcd("etcd-replaced", "etcdreplaced", &NO_RESYNC).await;
+        on_private_etcd("etcd-replaced", "etcdreplaced", &flags).await;
     let p = &scope.prefix;
-    put(&mut etcd, p, "old", "v1", "10.76.0.1:80", 1).await;
-    put(&mut etcd, p, "old", "v1", "10.76.0.2:80", 1).await;
+    let old = ["10.76.0.1", "10.76.0.2"];
+    for ip in old {
+        put(&mut etcd, p, "old", "v1", &format!("{ip}:80"), 1).await;
+    }
     raise_revision(&mut etcd, p, 100).await;
-    converged(&apis, "old-v1", &["10.76.0.1", "10.76.0.2"], WAIT).await;
+    converged(&apis, "old-v1", &old, WAIT).await;
 
-    // A lost disk: the same etcd, on the same port, starts again with no data at all, and the
-    // services register again there (a different set of them).
+    // A lost disk: the same etcd, on the same port, starts again with no data at all.
     server
         .restart_empty()
         .unwrap_or_else(|e| panic!("etcd did not start empty: {e}\n{}", server.log_tail(40)));
     let back = Instant::now();
-    let mut etcd = scope.etcd().await;
-    put(&mut etcd, p, "new", "v1", "10.76.1.1:80", 1).await;
-    put(&mut etcd, p, "new", "v1", "10.76.1.2:80", 1).await;
-    converged(&apis, "new-v1", &["10.76.1.1", "10.76.1.2"], WAIT).await;
+    // The relist finds nothing: every endpoint would go, so the mass-deletion guard holds them.
+    eventually("deletions held after the relist", WAIT, || async {
+        bridge
+            .metric("etcd_bridge_held_deletions")
+            .filter(|v| *v > 0.0)
+    })
+    .await;
     let relisted = back.elapsed();
-    // The old set is gone from etcd: after the mass-deletion guard's confirming read, it goes.
+    assert!(holds(&apis, "old-v1", &old).await.is_some(), "held, not deleted");
+    // The services register again there (a different set of them): projected at once.
+    let mut etcd = scope.etcd().await;
+    let new = ["10.76.1.1", "10.76.1.2"];
+    for ip in new {
+        put(&mut etcd, p, "new", "v1", &format!("{ip}:80"), 1).await;
+    }
+    converged(&apis, "new-v1", &new, WAIT).await;
+    let projected = back.elapsed();
+    // The old set is really gone from etcd: it goes (after the guard's confirming read, or once
+    // the new set makes the removal a small enough share).
     gone(&apis, "old-v1", WAIT).await;
     gone(&apis, "old", WAIT).await;
     let cleaned = back.elapsed();
     eprintln!(
-        "etcd replaced by an empty one → relisted in {relisted:?} (the new set projected); \
-         the old set removed after {cleaned:?}"
+        "etcd replaced by an empty one → relisted in {relisted:?} (deletions held by the guard); \
+         new registrations projected after {projected:?}; the old set removed after {cleaned:?}"
     );
     assert!(
         relisted < Duration::from_secs(5),
