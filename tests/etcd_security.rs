@@ -309,4 +309,15 @@ async fn a_client_certificate_of_another_ca_is_a_clear_error_and_the_bridge_keep
     ];
     let line = refused_clearly(&mut bridge, &etcd.endpoint(), &cause, &["--etcd-ca-file"]).await;
     eprintln!("an untrusted server certificate: {line}");
+    bridge.stop();
+
+    // Plain HTTP, and no TLS flags, to the TLS etcd: the transport only sees a closed
+    // connection or a broken pipe.
+    let http = etcd.endpoint().replacen("https://", "http://", 1);
+    let plain = Scope::with_registry("etcd-badcert-http", &http);
+    let kubeconfig = plain.bridge_kubeconfig();
+    let mut bridge = plain.bridge(&kubeconfig, &[]);
+    let cause = ["etcd requires TLS at this http:// endpoint"];
+    let line = refused_clearly(&mut bridge, &http, &cause, &["--etcd-endpoints"]).await;
+    eprintln!("plain HTTP to a TLS etcd: {line}");
 }

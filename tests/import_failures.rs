@@ -510,7 +510,11 @@ async fn an_etcd_restored_from_an_older_snapshot_is_relisted_at_once() {
 #[tokio::test]
 async fn an_etcd_replaced_by_an_empty_one_is_relisted_at_once() {
     // The guard counts even two endpoints, so that it is seen to judge the relist.
-    let flags = [NO_RESYNC[0], "--delete-confirm-delay=3s", "--mass-delete-min=1"];
+    let flags = [
+        NO_RESYNC[0],
+        "--delete-confirm-delay=3s",
+        "--mass-delete-min=1",
+    ];
     let (mut server, scope, mut bridge, apis, mut etcd) =
         on_private_etcd("etcd-replaced", "etcdreplaced", &flags).await;
     let p = &scope.prefix;
@@ -534,7 +538,10 @@ async fn an_etcd_replaced_by_an_empty_one_is_relisted_at_once() {
     })
     .await;
     let relisted = back.elapsed();
-    assert!(holds(&apis, "old-v1", &old).await.is_some(), "held, not deleted");
+    assert!(
+        holds(&apis, "old-v1", &old).await.is_some(),
+        "held, not deleted"
+    );
     // The services register again there (a different set of them): projected at once.
     let mut etcd = scope.etcd().await;
     let new = ["10.76.1.1", "10.76.1.2"];

@@ -98,7 +98,7 @@ async fn probe(args: &EtcdArgs, t: &Target) -> Probe {
         Err(_) => return Probe::Inconclusive,
     };
     if !t.tls {
-        return plain(tcp, within).await;
+        return plain(args, t, tcp, within).await;
     }
     let Some(config) = tls_config(args) else {
         return Probe::Inconclusive;
@@ -123,22 +123,37 @@ async fn probe(args: &EtcdArgs, t: &Target) -> Probe {
     }
 }
 
-/// Plain HTTP/2 to an endpoint that may be TLS only: a TLS server answers the preface with a
-/// TLS record (an alert) or an HTTP/1 "400 Bad Request".
-async fn plain(mut tcp: TcpStream, within: Duration) -> Probe {
+/// Plain HTTP/2 to an endpoint that may be TLS only. A server that answers the preface speaks
+/// plain HTTP/2; one that answers with a TLS record or an HTTP/1 "400" speaks TLS; one that just
+/// closes is asked for a TLS handshake: any certificate or alert back proves it speaks TLS.
+async fn plain(args: &EtcdArgs, t: &Target, mut tcp: TcpStream, within: Duration) -> Probe {
     let _ = tcp.write_all(H2_PREFACE).await;
     let mut buf = [0u8; 64];
-    match timeout(within, tcp.read(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => {
-            let got = &buf[..n];
-            if got.starts_with(&[0x15, 0x03]) || got.starts_with(b"HTTP/1") {
-                Probe::Failed(Cause::TlsRequired)
-            } else {
-                Probe::Accepted
-            }
-        }
-        Ok(Err(e)) => failed(&e),
-        _ => Probe::Inconclusive,
+    if let Ok(Ok(n)) = timeout(within, tcp.read(&mut buf)).await
+        && n > 0
+    {
+        let got = &buf[..n];
+        return if got.starts_with(&[0x15, 0x03]) || got.starts_with(b"HTTP/1") {
+            Probe::Failed(Cause::TlsRequired)
+        } else {
+            Probe::Accepted
+        };
+    }
+    let (Some(config), Ok(name)) = (tls_config(args), ServerName::try_from(t.host.clone())) else {
+        return Probe::Inconclusive;
+    };
+    let Ok(Ok(tcp)) = timeout(within, TcpStream::connect((t.host.as_str(), t.port))).await else {
+        return Probe::Inconclusive;
+    };
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    match timeout(within, handshake).await {
+        Ok(Ok(_)) => Probe::Failed(Cause::TlsRequired),
+        Ok(Err(e)) => match cause::classify_chain(&e) {
+            Some(Cause::ServerCertUntrusted { .. } | Cause::ClientCertRefused { .. })
+            | Some(Cause::TlsRefused { .. }) => Probe::Failed(Cause::TlsRequired),
+            _ => Probe::Inconclusive,
+        },
+        Err(_) => Probe::Inconclusive,
     }
 }
 
@@ -188,6 +203,65 @@ mod tests {
             host: host.into(),
             port,
         })
+    }
+
+    fn args(endpoint: &str) -> EtcdArgs {
+        use crate::config::{Cli, Command};
+        use clap::Parser;
+        let cli = Cli::parse_from(["etcd-bridge", "run", "--etcd-endpoints", endpoint]);
+        match cli.command {
+            Command::Run(r) => r.etcd.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// A loopback server that answers the first thing it reads with `reply`, then closes.
+    async fn answering(reply: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn vague() -> Cause {
+        Cause::ConnectionLost {
+            detail: "connection closed".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_probe_tells_a_tls_server_at_an_http_endpoint() {
+        let tls_only = answering(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+        )
+        .await;
+        assert_eq!(explain(&args(&tls_only), vague()).await, Cause::TlsRequired);
+        // A server that answers HTTP/2 (its SETTINGS frame): the probe learns nothing new.
+        let h2 = answering(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00").await;
+        assert_eq!(explain(&args(&h2), vague()).await, vague());
+        // A definite cause is never probed.
+        assert_eq!(
+            explain(&args(&tls_only), Cause::CredentialsRefused).await,
+            Cause::CredentialsRefused
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_tells_that_nothing_listens() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let c = explain(&args(&closed), vague()).await;
+        assert!(matches!(c, Cause::Unreachable { .. }), "{c:?}");
+        assert!(!reachable(std::slice::from_ref(&closed), Duration::from_secs(1)).await);
+        let open = answering(b"").await;
+        assert!(reachable(&[closed, open], Duration::from_secs(1)).await);
     }
 
     #[test]
