@@ -3,11 +3,12 @@
 /// Errors of the bridge's I/O shells. The pure core reports problems as data instead.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "etcd at {endpoints}: {source}; check that etcd is running, reachable and that the --etcd-* credentials are right"
-    )]
+    /// `cause` is decided once per failed attempt (see `etcd::cause`) and names what to check;
+    /// `source` is what the transport said.
+    #[error("etcd at {endpoints}: {cause} [{source}]; {}", .cause.check())]
     Etcd {
         endpoints: String,
+        cause: crate::etcd::Cause,
         #[source]
         source: etcd_client::Error,
     },

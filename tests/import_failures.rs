@@ -437,3 +437,176 @@ async fn a_hung_etcd_is_noticed_by_keepalive_and_nothing_is_deleted() {
     put(&mut etcd, &scope.prefix, "h1", "", "10.72.0.2:80", 1).await;
     converged(&apis, "h1", &["10.72.0.1", "10.72.0.2"], WAIT).await;
 }
+
+/// Writes `n` keys outside the prefix, so that the registry's revision moves well past what a
+/// replaced or restored etcd comes back with.
+async fn raise_revision(etcd: &mut etcd_client::Client, prefix: &str, n: usize) {
+    for i in 0..n {
+        etcd.put(format!("/elsewhere{prefix}k{i}"), "x", None)
+            .await
+            .unwrap();
+    }
+}
+
+/// Flags for the rewind tests: the periodic resync (which would also repair the cache) is far
+/// beyond the test, so only the detection of the rewind can be what brings the new state in.
+const NO_RESYNC: [&str; 2] = ["--resync-interval=10m", "--delete-confirm-delay=2s"];
+
+#[tokio::test]
+async fn an_etcd_restored_from_an_older_snapshot_is_relisted_at_once() {
+    let (mut server, scope, mut bridge, apis, mut etcd) =
+        on_private_etcd("etcd-restore", "etcdrestore", &NO_RESYNC).await;
+    let p = &scope.prefix;
+    put(&mut etcd, p, "kept", "v1", "10.75.0.1:80", 1).await;
+    put(&mut etcd, p, "kept", "v1", "10.75.0.2:80", 1).await;
+    let snapshot = scratch_dir("etcd-restore-snapshot").join("backup.db");
+    server
+        .snapshot(&snapshot)
+        .unwrap_or_else(|e| panic!("etcdctl snapshot save: {e}"));
+    // After the backup: a registration it lacks, and the revision moves on well past it.
+    put(&mut etcd, p, "late", "v1", "10.75.1.1:80", 1).await;
+    raise_revision(&mut etcd, p, 100).await;
+    converged(&apis, "late-v1", &["10.75.1.1"], WAIT).await;
+    converged(&apis, "kept-v1", &["10.75.0.1", "10.75.0.2"], WAIT).await;
+    let log_before = bridge.full_log().len();
+
+    // The bridge is paused while etcd is restored and takes new registrations, so that when it
+    // resumes, etcd's revision is already past the one the bridge was at (its prefix saw no
+    // event since "late"): the revision alone does not show the rewind.
+    bridge.proc.signal("STOP");
+    server
+        .restore(&snapshot)
+        .unwrap_or_else(|e| panic!("etcd restore: {e}\n{}", server.log_tail(40)));
+    let mut etcd = scope.etcd().await;
+    let fresh = ["10.75.2.1", "10.75.2.2", "10.75.2.3"];
+    for ip in fresh {
+        put(&mut etcd, p, "fresh", "v1", &format!("{ip}:80"), 1).await;
+    }
+    bridge.proc.signal("CONT");
+    let back = Instant::now();
+    converged(&apis, "fresh-v1", &fresh, WAIT).await;
+    let relisted = back.elapsed();
+    gone(&apis, "late-v1", WAIT).await;
+    gone(&apis, "late", WAIT).await;
+    let cleaned = back.elapsed();
+    converged(&apis, "kept-v1", &["10.75.0.1", "10.75.0.2"], WAIT).await;
+    eprintln!(
+        "etcd restored from an older snapshot → relisted in {relisted:?} (the registrations made \
+         since projected); the registration the backup lacks removed after {cleaned:?}"
+    );
+    assert!(
+        relisted < Duration::from_secs(5),
+        "relisted after {relisted:?}, not at once\n{}",
+        bridge.log()
+    );
+    let log = &bridge.full_log()[log_before..];
+    assert!(
+        log.contains("listing again") && log.contains("another history"),
+        "the bridge says why it lists again\n{log}"
+    );
+    bridge.ready(WAIT).await;
+}
+
+#[tokio::test]
+async fn an_etcd_replaced_by_an_empty_one_is_relisted_at_once() {
+    // The guard counts even two endpoints, so that it is seen to judge the relist.
+    let flags = [
+        NO_RESYNC[0],
+        "--delete-confirm-delay=3s",
+        "--mass-delete-min=1",
+    ];
+    let (mut server, scope, mut bridge, apis, mut etcd) =
+        on_private_etcd("etcd-replaced", "etcdreplaced", &flags).await;
+    let p = &scope.prefix;
+    let old = ["10.76.0.1", "10.76.0.2"];
+    for ip in old {
+        put(&mut etcd, p, "old", "v1", &format!("{ip}:80"), 1).await;
+    }
+    raise_revision(&mut etcd, p, 100).await;
+    converged(&apis, "old-v1", &old, WAIT).await;
+
+    // A lost disk: the same etcd, on the same port, starts again with no data at all.
+    server
+        .restart_empty()
+        .unwrap_or_else(|e| panic!("etcd did not start empty: {e}\n{}", server.log_tail(40)));
+    let back = Instant::now();
+    // The relist finds nothing: every endpoint would go, so the mass-deletion guard holds them.
+    eventually("deletions held after the relist", WAIT, || async {
+        bridge
+            .metric("etcd_bridge_held_deletions")
+            .filter(|v| *v > 0.0)
+    })
+    .await;
+    let relisted = back.elapsed();
+    assert!(
+        holds(&apis, "old-v1", &old).await.is_some(),
+        "held, not deleted"
+    );
+    // The services register again there (a different set of them): projected at once.
+    let mut etcd = scope.etcd().await;
+    let new = ["10.76.1.1", "10.76.1.2"];
+    for ip in new {
+        put(&mut etcd, p, "new", "v1", &format!("{ip}:80"), 1).await;
+    }
+    converged(&apis, "new-v1", &new, WAIT).await;
+    let projected = back.elapsed();
+    // The old set is really gone from etcd: it goes (after the guard's confirming read, or once
+    // the new set makes the removal a small enough share).
+    gone(&apis, "old-v1", WAIT).await;
+    gone(&apis, "old", WAIT).await;
+    let cleaned = back.elapsed();
+    eprintln!(
+        "etcd replaced by an empty one → relisted in {relisted:?} (deletions held by the guard); \
+         new registrations projected after {projected:?}; the old set removed after {cleaned:?}"
+    );
+    assert!(
+        relisted < Duration::from_secs(5),
+        "relisted after {relisted:?}, not at once\n{}",
+        bridge.log()
+    );
+    bridge.ready(WAIT).await;
+}
+
+#[tokio::test]
+async fn after_a_long_etcd_outage_the_watch_returns_as_soon_as_etcd_does() {
+    let (mut server, scope, mut bridge, apis, mut etcd) =
+        on_private_etcd("etcd-outage", "etcdoutage", &[]).await;
+    let p = &scope.prefix;
+    put(&mut etcd, p, "o", "", "10.77.0.1:80", 1).await;
+    converged(&apis, "o", &["10.77.0.1"], WAIT).await;
+
+    server.stop();
+    let down = Instant::now();
+    // 30 s down: the bridge's retry backoff grows to its cap meanwhile.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Come back just after a failed attempt, when a full backoff wait lies ahead.
+    let failures = |log: &str| log.matches("etcd watch failed").count();
+    let before = failures(&bridge.full_log());
+    eventually("another failed attempt", WAIT, || async {
+        (failures(&bridge.full_log()) > before).then_some(())
+    })
+    .await;
+    server
+        .restart()
+        .unwrap_or_else(|e| panic!("etcd did not start again: {e}\n{}", server.log_tail(40)));
+    let back = Instant::now();
+    let outage = down.elapsed();
+    let mut etcd = scope.etcd().await;
+    put(&mut etcd, p, "o", "", "10.77.0.2:80", 1).await;
+    converged(&apis, "o", &["10.77.0.1", "10.77.0.2"], WAIT).await;
+    let recovered = back.elapsed();
+    eventually("the watch re-established", WAIT, || async {
+        (bridge.metric("etcd_bridge_etcd_connected") == Some(1.0)).then_some(())
+    })
+    .await;
+    eprintln!(
+        "etcd down {outage:?}, then back → watch re-established and a new registration \
+         projected in {recovered:?}"
+    );
+    assert!(
+        recovered < Duration::from_secs(3),
+        "the bridge waited out its backoff: {recovered:?} after etcd came back\n{}",
+        bridge.log()
+    );
+    bridge.ready(WAIT).await;
+}

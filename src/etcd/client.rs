@@ -1,5 +1,6 @@
 //! One way to connect to etcd, used by `run`, `preview` and write-back alike.
 
+use super::rewind::{Fingerprint, Header};
 use crate::config::EtcdArgs;
 use crate::error::{Error, Result};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -25,12 +26,21 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client> {
         }
         opts = opts.with_tls(tls);
     }
-    Client::connect(&args.endpoints, Some(opts))
-        .await
-        .map_err(|source| Error::Etcd {
-            endpoints: args.endpoints.join(","),
-            source,
-        })
+    match Client::connect(&args.endpoints, Some(opts)).await {
+        Ok(client) => Ok(client),
+        Err(e) => Err(explained(args, e).await),
+    }
+}
+
+/// The error for a failure of the etcd client: classified once, with a probe of the endpoints
+/// when the transport's own words are too vague to name the cause.
+pub async fn explained(args: &EtcdArgs, source: etcd_client::Error) -> Error {
+    let cause = super::probe::explain(args, super::cause::classify(&source)).await;
+    Error::Etcd {
+        endpoints: args.endpoints.join(","),
+        cause,
+        source,
+    }
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>> {
@@ -44,52 +54,73 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>> {
 /// limit (100k registrations are about 12 MiB).
 const PAGE: i64 = 5_000;
 
-/// Everything under `prefix` at one revision: (key, value) pairs and the revision. Read in pages,
-/// all at the revision of the first one, so the result is one consistent snapshot; the first page
-/// is linearizable (etcd's default), so it reflects every write acknowledged before it.
+/// Everything under `prefix` at one revision, who answered at which revision, and the
+/// fingerprint that later tells whether etcd still has this history.
+pub struct Listing {
+    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub header: Header,
+    pub fingerprint: Fingerprint,
+}
+
+/// Everything under `prefix` at one revision: (key, value) pairs and the revision.
 pub async fn read_prefix(
     client: &mut Client,
     args: &EtcdArgs,
     prefix: &str,
 ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, i64)> {
+    let listing = list_prefix(client, args, prefix).await?;
+    Ok((listing.kvs, listing.header.revision))
+}
+
+/// Everything under `prefix` at one revision. Read in pages, all at the revision of the first
+/// one, so the result is one consistent snapshot; the first page is linearizable (etcd's
+/// default), so it reflects every write acknowledged before it.
+pub async fn list_prefix(client: &mut Client, args: &EtcdArgs, prefix: &str) -> Result<Listing> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
+    let mut header: Option<Header> = None;
     let mut kvs = Vec::new();
+    let mut fingerprint = Fingerprint::default();
     loop {
         let mut opts = etcd_client::GetOptions::new()
             .with_range(end.clone())
             .with_limit(PAGE);
-        if revision > 0 {
-            opts = opts.with_revision(revision);
+        if let Some(h) = &header {
+            opts = opts.with_revision(h.revision);
         }
-        let page = client
-            .get(from.clone(), Some(opts))
-            .await
-            .map_err(|source| Error::Etcd {
-                endpoints: args.endpoints.join(","),
-                source,
-            })?;
-        if revision == 0 {
-            revision = page.header().map(|h| h.revision()).unwrap_or_default();
+        let page = match client.get(from.clone(), Some(opts)).await {
+            Ok(page) => page,
+            Err(e) => return Err(explained(args, e).await),
+        };
+        let first = *header.get_or_insert_with(|| {
+            page.header().map(Header::from).unwrap_or(Header {
+                cluster_id: 0,
+                member_id: 0,
+                revision: 0,
+            })
+        });
+        for kv in page.kvs() {
+            fingerprint.add_listed(kv.key(), kv.mod_revision());
+            kvs.push((kv.key().to_vec(), kv.value().to_vec()));
         }
-        kvs.extend(
-            page.kvs()
-                .iter()
-                .map(|kv| (kv.key().to_vec(), kv.value().to_vec())),
-        );
         match (page.more(), page.kvs().last()) {
             (true, Some(last)) => {
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok((kvs, revision)),
+            _ => {
+                return Ok(Listing {
+                    kvs,
+                    header: first,
+                    fingerprint,
+                });
+            }
         }
     }
 }
 
 /// The end of the key range of everything that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

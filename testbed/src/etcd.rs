@@ -18,6 +18,38 @@ fn etcd_binary() -> Result<PathBuf, String> {
     }
 }
 
+/// Debian's `etcdctl` (from `etcd-client`), for snapshots; `ETCDCTL_BIN` overrides it.
+fn etcdctl_binary() -> Result<PathBuf, String> {
+    let path =
+        PathBuf::from(std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "/usr/bin/etcdctl".into()));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "etcdctl not found at {}: run `make deps` (installs Debian's etcd-client) or set ETCDCTL_BIN",
+            path.display()
+        ))
+    }
+}
+
+fn etcdctl(args: &[String]) -> Result<(), String> {
+    let bin = etcdctl_binary()?;
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .map_err(|e| format!("run {}: {e}", bin.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "etcdctl {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// One single-member etcd cluster.
 pub struct Etcd {
     pub name: String,
@@ -129,6 +161,36 @@ impl Etcd {
         self.stop();
         let data = self.dir.join("data");
         std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        self.launch()
+    }
+
+    /// Saves a snapshot of the running etcd (plain HTTP only) to `path`.
+    pub fn snapshot(&self, path: &Path) -> Result<(), String> {
+        etcdctl(&[
+            format!("--endpoints={}", self.endpoint()),
+            "snapshot".into(),
+            "save".into(),
+            path.display().to_string(),
+        ])
+    }
+
+    /// Stops etcd, replaces its data with the `snapshot` (`etcdctl snapshot restore`, as an
+    /// operator restoring a backup would) and starts it again on the same ports: every key and
+    /// the revision go back to what they were when the snapshot was taken.
+    pub fn restore(&mut self, snapshot: &Path) -> Result<(), String> {
+        self.stop();
+        let data = self.dir.join("data");
+        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        etcdctl(&[
+            "snapshot".into(),
+            "restore".into(),
+            snapshot.display().to_string(),
+            format!("--name={}", self.name),
+            format!("--data-dir={}", data.display()),
+            format!("--initial-cluster={}={peer}", self.name),
+            format!("--initial-advertise-peer-urls={peer}"),
+        ])?;
         self.launch()
     }
 
