@@ -550,8 +550,13 @@ async fn an_etcd_replaced_by_an_empty_one_is_relisted_at_once() {
     }
     converged(&apis, "new-v1", &new, WAIT).await;
     let projected = back.elapsed();
-    // The old set is really gone from etcd: it goes (after the guard's confirming read, or once
-    // the new set makes the removal a small enough share).
+    // The new set goes out at once, but the old set stays until the guard's confirming read
+    // (3 s): the additions must not dilute the held removals into a small share.
+    assert!(
+        projected >= Duration::from_secs(3) || holds(&apis, "old-v1", &old).await.is_some(),
+        "the old set went before the confirming read\n{}",
+        bridge.log()
+    );
     gone(&apis, "old-v1", WAIT).await;
     gone(&apis, "old", WAIT).await;
     let cleaned = back.elapsed();
@@ -563,6 +568,10 @@ async fn an_etcd_replaced_by_an_empty_one_is_relisted_at_once() {
         relisted < Duration::from_secs(5),
         "relisted after {relisted:?}, not at once\n{}",
         bridge.log()
+    );
+    assert!(
+        cleaned >= Duration::from_secs(3),
+        "the old set was removed after {cleaned:?}, before the 3 s confirming read"
     );
     bridge.ready(WAIT).await;
 }

@@ -48,6 +48,13 @@ pub fn trips(limits: Limits, removed: usize, total: impl FnOnce() -> usize) -> b
     removed >= limits.min.max(1) && removed as f64 > limits.max_ratio * total() as f64
 }
 
+/// Whether this flush holds its removals. Once holding, the guard holds until the confirming read
+/// (or until nothing would be removed any more): additions that go out meanwhile grow the total,
+/// and must not dilute the ratio into releasing unconfirmed deletions.
+pub fn holds(limits: Limits, removed: usize, total: impl FnOnce() -> usize, holding: bool) -> bool {
+    removed > 0 && (holding || trips(limits, removed, total))
+}
+
 /// What a Service whose removals are held shows meanwhile: everything `wanted` has, plus each
 /// endpoint `current` has that `wanted` dropped, with the weight it has now.
 pub fn keep_removed(wanted: Option<&Groups>, current: &[SlicePlan]) -> Groups {
@@ -125,6 +132,22 @@ mod tests {
         };
         assert!(!trips(zero, 0, || 0));
         assert!(trips(zero, 1, || 100));
+    }
+
+    #[test]
+    fn once_holding_additions_do_not_dilute_the_guard_into_releasing() {
+        // A replaced etcd: 4 of 4 endpoints would go (trips); then the new registrations are
+        // written (allowed while holding), and the total doubles. 4 of 8 no longer trips on
+        // its own, but the deletions are still unconfirmed: they stay held.
+        let limits = Limits {
+            max_ratio: 0.5,
+            min: 1,
+        };
+        assert!(holds(limits, 4, || 4, false));
+        assert!(!trips(limits, 4, || 8));
+        assert!(holds(limits, 4, || 8, true));
+        // The keys came back: nothing to hold.
+        assert!(!holds(limits, 0, || 8, true));
     }
 
     #[test]

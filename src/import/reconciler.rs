@@ -445,7 +445,8 @@ impl Reconciler {
             max_ratio: self.tuning.max_delete_ratio,
             min: self.tuning.mass_delete_min,
         };
-        if !guard::trips(limits, removed, || writer.view().total_endpoints()) {
+        let holding = self.confirm_at.is_some();
+        if !guard::holds(limits, removed, || writer.view().total_endpoints(), holding) {
             self.held.clear();
             self.confirm_at = None;
             self.metrics.held_deletions.set(0);
