@@ -290,6 +290,17 @@ impl EtcdArgs {
                 "--etcd-username and --etcd-password go together; give both or neither".into(),
             ));
         }
+        let tls = self.ca_file.is_some() || self.cert_file.is_some();
+        if let Some(plain) = self
+            .endpoints
+            .iter()
+            .find(|e| e.starts_with("http://"))
+            .filter(|_| tls)
+        {
+            return Err(Error::Config(format!(
+                "--etcd-ca-file/--etcd-cert-file are given, but the endpoint {plain} is http://: the etcd client would refuse every attempt; write it as https://, or drop the TLS flags"
+            )));
+        }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(Error::Config(
                 "--etcd-cert-file and --etcd-key-file go together; give both or neither".into(),
@@ -368,6 +379,25 @@ mod tests {
         assert!(e.contains("contains"), "{e}");
         assert!(etcd(&["services/"]).validate().is_err());
         assert!(etcd(&["/services"]).validate().is_err());
+    }
+
+    #[test]
+    fn tls_flags_with_an_http_endpoint_are_refused_at_start() {
+        let args = |endpoint: &str| {
+            let cli = Cli::parse_from([
+                "etcd-bridge",
+                "run",
+                &format!("--etcd-endpoints={endpoint}"),
+                "--etcd-ca-file=/ca.pem",
+            ]);
+            match cli.command {
+                Command::Run(r) => r.etcd.clone(),
+                _ => unreachable!(),
+            }
+        };
+        let e = args("http://etcd:2379").validate().unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        assert!(args("https://etcd:2379").validate().is_ok());
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub sync_latency: Histogram,
     pub watch_restarts: Counter,
     pub compaction_relists: Counter,
+    pub rewind_relists: Counter,
     pub conflicts: Family<KindLabels, Counter>,
     pub leader: Gauge,
     pub etcd_connected: Gauge,
@@ -72,6 +73,7 @@ impl Default for Metrics {
             sync_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             watch_restarts: Counter::default(),
             compaction_relists: Counter::default(),
+            rewind_relists: Counter::default(),
             conflicts: Family::default(),
             leader: Gauge::default(),
             etcd_connected: Gauge::default(),
@@ -124,6 +126,11 @@ impl Default for Metrics {
             "compaction_relists",
             "Full relists of a prefix because the watch revision was compacted",
             m.compaction_relists.clone(),
+        );
+        registry.register(
+            "rewind_relists",
+            "Full relists of a prefix because etcd went back in time (restored from a snapshot, replaced, or another cluster)",
+            m.rewind_relists.clone(),
         );
         registry.register(
             "conflicts",

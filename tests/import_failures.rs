@@ -573,6 +573,12 @@ async fn an_etcd_replaced_by_an_empty_one_is_relisted_at_once() {
         cleaned >= Duration::from_secs(3),
         "the old set was removed after {cleaned:?}, before the 3 s confirming read"
     );
+    assert!(
+        bridge
+            .metric("etcd_bridge_rewind_relists_total")
+            .is_some_and(|n| n >= 1.0),
+        "the rewind relist is counted"
+    );
     bridge.ready(WAIT).await;
 }
 

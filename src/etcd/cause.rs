@@ -138,6 +138,13 @@ impl fmt::Display for Cause {
     }
 }
 
+/// One error line for a failure where a full [`crate::Error::Etcd`] is not at hand (write-back's
+/// lease keeper and watches): the cause, what the transport said, and what to check.
+pub fn describe(err: &etcd_client::Error) -> String {
+    let cause = classify(err);
+    format!("{cause} [{err}]; {}", cause.check())
+}
+
 /// Classifies one failure of the etcd client.
 pub fn classify(err: &etcd_client::Error) -> Cause {
     use etcd_client::Error as E;

@@ -307,6 +307,7 @@ impl Watcher {
     /// not ready until the cache matches this etcd again.
     async fn relist(&mut self, why: &str) {
         tracing::warn!(prefix = %self.prefix, reason = %why, "etcd went back in time; listing again at once (not ready until listed; the mass-deletion guard judges what the new list removes)");
+        self.metrics.rewind_relists.inc();
         self.revision = None;
         self.seen = None;
         self.fingerprint = Fingerprint::default();

@@ -69,7 +69,7 @@ async fn session(
     let mut stream = etcd
         .watch(prefix, Some(opts))
         .await
-        .map_err(|e| format!("watch {prefix}: {e}"))?;
+        .map_err(|e| format!("watch {prefix}: {}", crate::etcd::cause::describe(&e)))?;
     // One pending "missed" is as good as many: never wait for the controller here.
     if std::mem::take(broken) {
         let _ = missed.try_send(());
@@ -78,7 +78,7 @@ async fn session(
         let resp = match stream.message().await {
             Ok(Some(r)) => r,
             Ok(None) => return Err("etcd closed the watch".into()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(crate::etcd::cause::describe(&e)),
         };
         if resp.canceled() {
             return Err(format!(

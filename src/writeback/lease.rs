@@ -5,6 +5,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::EtcdArgs;
+use crate::etcd::cause::describe;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +75,7 @@ async fn keep(
         let id = client
             .lease_grant(ttl, None)
             .await
-            .map_err(|e| format!("grant an etcd lease: {e}"))?
+            .map_err(|e| format!("grant an etcd lease: {}", describe(&e)))?
             .id();
         tracing::info!(lease = %format!("{id:x}"), ttl, "granted the etcd lease for written-back registrations");
         *lease = Some(id);
@@ -85,13 +86,13 @@ async fn keep(
     let (mut keeper, mut responses) = client
         .lease_keep_alive(id)
         .await
-        .map_err(|e| format!("keep the etcd lease alive: {e}"))?;
+        .map_err(|e| format!("keep the etcd lease alive: {}", describe(&e)))?;
     let period = Duration::from_secs((ttl as u64 / 3).max(1));
     loop {
         keeper
             .keep_alive()
             .await
-            .map_err(|e| format!("keep the etcd lease alive: {e}"))?;
+            .map_err(|e| format!("keep the etcd lease alive: {}", describe(&e)))?;
         match responses.message().await {
             Ok(Some(r)) if r.ttl() > 0 => *kept_alive = true,
             Ok(_) => {
@@ -100,7 +101,7 @@ async fn keep(
                     "etcd lease {id:x} is gone (expired or etcd lost it); granting a new one"
                 ));
             }
-            Err(e) => return Err(format!("keep the etcd lease alive: {e}")),
+            Err(e) => return Err(format!("keep the etcd lease alive: {}", describe(&e))),
         }
         tokio::time::sleep(period).await;
     }

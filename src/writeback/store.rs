@@ -18,7 +18,10 @@ pub enum Put {
 fn err(key: &str) -> impl FnOnce(etcd_client::Error) -> Error + '_ {
     move |e| Error::WriteBack {
         key: key.into(),
-        reason: format!("{e}; is etcd reachable? the object is retried"),
+        reason: format!(
+            "{}; the object is retried",
+            crate::etcd::cause::describe(&e)
+        ),
     }
 }
 
