@@ -189,20 +189,7 @@ pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value, wbs: Value) {
             println!("  - {a}");
         }
     }
-    // Keep the bridges' logs: the test bed's directory goes when the next test bed starts.
-    let logs = ctx.opts.out.join(format!("{name}-logs"));
-    let _ = std::fs::remove_dir_all(&logs);
-    let _ = std::fs::create_dir_all(&logs);
-    for e in std::fs::read_dir(&ctx.bed.dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let f = e.file_name().to_string_lossy().to_string();
-        if f.starts_with("bridge-") && f.ends_with(".log") {
-            let _ = std::fs::copy(e.path(), logs.join(&f));
-        }
-    }
+    let logs = keep_logs(&ctx, name);
     DONE.store(true, Ordering::Relaxed);
     println!(
         "\nwrote {}, {} and the bridges' logs in {} in {:.0} s",
@@ -252,6 +239,31 @@ pub fn finish_only(mut ctx: Ctx, name: &str, result: Value) {
     for a in &ctx.anomalies {
         println!("  - {a}");
     }
+    let logs = keep_logs(&ctx, "writeback-scale");
     DONE.store(true, Ordering::Relaxed);
-    println!("\nwrote {} in {:.0} s", path.display(), elapsed());
+    println!(
+        "\nwrote {} and the bridges' logs in {} in {:.0} s",
+        path.display(),
+        logs.display(),
+        elapsed()
+    );
+}
+
+/// Copies the bridges' logs to `{out}/{name}-logs`: the test bed's directory goes when the next
+/// test bed starts.
+fn keep_logs(ctx: &Ctx, name: &str) -> std::path::PathBuf {
+    let logs = ctx.opts.out.join(format!("{name}-logs"));
+    let _ = std::fs::remove_dir_all(&logs);
+    let _ = std::fs::create_dir_all(&logs);
+    for e in std::fs::read_dir(&ctx.bed.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let f = e.file_name().to_string_lossy().to_string();
+        if f.starts_with("bridge-") && f.ends_with(".log") {
+            let _ = std::fs::copy(e.path(), logs.join(&f));
+        }
+    }
+    logs
 }

@@ -10,6 +10,7 @@
 //! - `store`: compare-and-put / compare-and-delete transactions that never touch a key another
 //!   owner holds.
 //! - `freed`: the watch on keys leaving etcd under the write-back prefix.
+//! - `object`: writes to the objects (finalizer, status, Events), a few at a time.
 //! - `controller`: the kube-runtime controller that ties them together (leader only).
 
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod desired;
 pub mod freed;
 pub mod lease;
 pub mod lease_pool;
+pub mod object;
 pub mod policy;
 pub mod status;
 pub mod store;
