@@ -1,23 +1,32 @@
-//! Writes to the EtcdRegistration objects themselves: the finalizer, the status and Events. At
-//! most N reconciles call the apiserver at once (a permit each): a new leader over 10,000
-//! objects starts them all, their etcd writes go ahead, and the apiserver sees N requests at a
-//! time instead of thousands (which it answered with timeouts).
+//! Writes to the EtcdRegistration objects themselves: the finalizer, the status and Events.
+//! Passes queue them (see `publish`) once their keys are in etcd, and N workers write them: a new
+//! leader over 10,000 objects gets every key into etcd in seconds, and the apiserver sees N
+//! requests at a time instead of thousands (which it answered with timeouts).
 
 use crate::error::{Error, Result};
 use crate::labels::FIELD_MANAGER;
 use crate::writeback::crd::{EtcdRegistration, EtcdRegistrationStatus};
-use crate::writeback::status::Note;
+use crate::writeback::lease::Owner;
+use crate::writeback::publish::{Publication, Queue};
+use crate::writeback::status::{Note, digest};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 pub const FINALIZER: &str = "etcd-bridge.io/registration";
 
 pub struct Objects {
     client: Client,
     recorder: Recorder,
-    permits: Semaphore,
+    queue: Mutex<Queue<Owner, Arc<EtcdRegistration>>>,
+    wake: Notify,
+    /// The digest of the status last written to each object, until the cache shows it: a pass
+    /// that reads the object before then would otherwise write the same status (and Events)
+    /// again.
+    published: Mutex<HashMap<Owner, u64>>,
 }
 
 /// How adding the finalizer went.
@@ -28,8 +37,7 @@ pub enum Finalizer {
 }
 
 impl Objects {
-    /// Writes with `client`, at most `at_once` reconciles at a time.
-    pub fn new(client: Client, at_once: usize) -> Objects {
+    pub fn new(client: Client) -> Objects {
         Objects {
             recorder: Recorder::new(
                 client.clone(),
@@ -39,17 +47,66 @@ impl Objects {
                 },
             ),
             client,
-            permits: Semaphore::new(at_once.max(1)),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            published: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The right to call the apiserver, held for one reconcile's reads or writes (first come,
-    /// first served); released in between, so that no pass holds two.
-    pub async fn permit(&self) -> SemaphorePermit<'_> {
-        self.permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed")
+    /// Queues `p` for the object `key`.
+    pub fn push(&self, key: Owner, p: Publication<Arc<EtcdRegistration>>) {
+        self.queue.lock().expect("not poisoned").push(key, p);
+        self.wake.notify_one();
+    }
+
+    /// The next write, waiting for one.
+    pub async fn next(&self) -> (Owner, Publication<Arc<EtcdRegistration>>) {
+        loop {
+            let notified = self.wake.notified();
+            if let Some(next) = self.queue.lock().expect("not poisoned").take() {
+                // Another worker may be waiting too.
+                self.wake.notify_one();
+                return next;
+            }
+            notified.await;
+        }
+    }
+
+    /// The write of `key` is over.
+    pub fn done(&self, key: &Owner) {
+        self.queue.lock().expect("not poisoned").done(key);
+        self.wake.notify_one();
+    }
+
+    /// Writes queued and not yet started.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().expect("not poisoned").len()
+    }
+
+    /// The object is gone: nothing more to write, nothing to remember.
+    pub fn forget(&self, key: &Owner) {
+        self.queue.lock().expect("not poisoned").forget(key);
+        self.published.lock().expect("not poisoned").remove(key);
+    }
+
+    /// Whether `status` is what was last written to the object, which the cache (showing
+    /// `cached`) has not caught up with yet.
+    pub fn already_written(
+        &self,
+        key: &Owner,
+        cached: &EtcdRegistrationStatus,
+        status: &EtcdRegistrationStatus,
+    ) -> bool {
+        let mut published = self.published.lock().expect("not poisoned");
+        match published.get(key) {
+            // The cache shows it: from now on the cache is the reference.
+            Some(d) if *d == digest(cached) => {
+                published.remove(key);
+                false
+            }
+            Some(d) => *d == digest(status),
+            None => false,
+        }
     }
 
     fn api(&self, obj: &EtcdRegistration) -> Api<EtcdRegistration> {
@@ -110,9 +167,10 @@ impl Objects {
         }
     }
 
-    /// Records `notes` as Events and writes `status`.
+    /// Records `notes` as Events and writes `status` to the object `key`.
     pub async fn publish_status(
         &self,
+        key: &Owner,
         obj: &EtcdRegistration,
         status: &EtcdRegistrationStatus,
         notes: &[Note],
@@ -141,6 +199,10 @@ impl Objects {
                 context: format!("update the status of EtcdRegistration {}", describe(obj)),
                 source,
             })?;
+        self.published
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), digest(status));
         Ok(())
     }
 
