@@ -316,6 +316,9 @@ async fn publisher(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             next = ctx.objects.next() => next,
         };
         let result = publish(&ctx, &me, &p).await;
+        if result.is_err() {
+            ctx.objects.failed(&me);
+        }
         ctx.objects.done(&me);
         if let Err(e) = result {
             tracing::warn!(registration = %format!("{}/{}", me.0, me.1), error = %e, "write-back: could not write the object; a new pass in {RETRY:?}");
@@ -339,7 +342,7 @@ async fn publish(ctx: &Ctx, me: &Owner, p: &Publication<Arc<EtcdRegistration>>) 
         }
     }
     if let Some((status, notes)) = &p.status {
-        ctx.objects.publish_status(me, obj, status, notes).await?;
+        ctx.objects.publish_status(obj, status, notes).await?;
     }
     Ok(())
 }

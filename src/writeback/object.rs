@@ -23,9 +23,9 @@ pub struct Objects {
     recorder: Recorder,
     queue: Mutex<Queue<Owner, Arc<EtcdRegistration>>>,
     wake: Notify,
-    /// The digest of the status last written to each object, until the cache shows it: a pass
-    /// that reads the object before then would otherwise write the same status (and Events)
-    /// again.
+    /// The digest of the status last queued for each object (written, or about to be), until
+    /// the cache shows it: a pass that reads the object before then would otherwise write the
+    /// same status (and Events) again.
     published: Mutex<HashMap<Owner, u64>>,
 }
 
@@ -55,6 +55,12 @@ impl Objects {
 
     /// Queues `p` for the object `key`.
     pub fn push(&self, key: Owner, p: Publication<Arc<EtcdRegistration>>) {
+        if let Some((status, _)) = &p.status {
+            self.published
+                .lock()
+                .expect("not poisoned")
+                .insert(key.clone(), digest(status));
+        }
         self.queue.lock().expect("not poisoned").push(key, p);
         self.wake.notify_one();
     }
@@ -70,6 +76,11 @@ impl Objects {
             }
             notified.await;
         }
+    }
+
+    /// The write of `key` failed: its status is not written, whatever was queued.
+    pub fn failed(&self, key: &Owner) {
+        self.published.lock().expect("not poisoned").remove(key);
     }
 
     /// The write of `key` is over.
@@ -89,8 +100,8 @@ impl Objects {
         self.published.lock().expect("not poisoned").remove(key);
     }
 
-    /// Whether `status` is what was last written to the object, which the cache (showing
-    /// `cached`) has not caught up with yet.
+    /// Whether `status` is what was last queued for the object (written, or about to be), which
+    /// the cache (showing `cached`) has not caught up with yet.
     pub fn already_written(
         &self,
         key: &Owner,
@@ -113,8 +124,23 @@ impl Objects {
         Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default())
     }
 
-    /// Adds our finalizer, provided the finalizers did not change since `obj` was read.
+    /// Adds our finalizer, provided the finalizers did not change since `obj` was read; when the
+    /// patch fails, the object as it is now says whether it has the finalizer (added by an
+    /// earlier write from an older copy, or by this one before an error) or is gone.
     pub async fn add_finalizer(&self, obj: &EtcdRegistration) -> Result<Finalizer> {
+        let Err(e) = self.try_add_finalizer(obj).await else {
+            return Ok(Finalizer::Added);
+        };
+        match self.api(obj).get_opt(&obj.name_any()).await {
+            Ok(None) => Ok(Finalizer::Gone),
+            Ok(Some(now)) if now.finalizers().iter().any(|f| f == FINALIZER) => {
+                Ok(Finalizer::Added)
+            }
+            _ => Err(e),
+        }
+    }
+
+    async fn try_add_finalizer(&self, obj: &EtcdRegistration) -> Result<()> {
         let now = obj.finalizers();
         let ops = if now.is_empty() {
             serde_json::json!([
@@ -140,9 +166,14 @@ impl Objects {
             {"op": "test", "path": path, "value": FINALIZER},
             {"op": "remove", "path": path},
         ]);
-        self.json_patch(obj, ops, "remove the finalizer from")
-            .await
-            .map(|_| ())
+        match self.json_patch(obj, ops, "remove the finalizer from").await {
+            // Gone already: nothing holds it.
+            Err(Error::Kube {
+                source: kube::Error::Api(e),
+                ..
+            }) if e.code == 404 => Ok(()),
+            r => r,
+        }
     }
 
     async fn json_patch(
@@ -150,27 +181,22 @@ impl Objects {
         obj: &EtcdRegistration,
         ops: serde_json::Value,
         what: &str,
-    ) -> Result<Finalizer> {
+    ) -> Result<()> {
         let patch: Patch<()> =
             Patch::Json(serde_json::from_value(ops).expect("a valid JSON patch"));
-        match self
-            .api(obj)
+        self.api(obj)
             .patch(&obj.name_any(), &PatchParams::default(), &patch)
             .await
-        {
-            Ok(_) => Ok(Finalizer::Added),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Finalizer::Gone),
-            Err(source) => Err(Error::Kube {
+            .map(|_| ())
+            .map_err(|source| Error::Kube {
                 context: format!("{what} EtcdRegistration {}", describe(obj)),
                 source,
-            }),
-        }
+            })
     }
 
-    /// Records `notes` as Events and writes `status` to the object `key`.
+    /// Records `notes` as Events and writes `status`.
     pub async fn publish_status(
         &self,
-        key: &Owner,
         obj: &EtcdRegistration,
         status: &EtcdRegistrationStatus,
         notes: &[Note],
@@ -199,10 +225,6 @@ impl Objects {
                 context: format!("update the status of EtcdRegistration {}", describe(obj)),
                 source,
             })?;
-        self.published
-            .lock()
-            .expect("not poisoned")
-            .insert(key.clone(), digest(status));
         Ok(())
     }
 
