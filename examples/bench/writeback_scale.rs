@@ -48,7 +48,7 @@ struct Variant {
 async fn scale(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
     let version = install_crd(ctx, crd)?;
     let n = ctx.sz.wb_scale_objects;
-    let mut variants = if has_flag(&ctx.help, POOL_FLAG) {
+    let variants = if has_flag(&ctx.help, POOL_FLAG) {
         vec![
             Variant {
                 label: "one lease".into(),
@@ -65,9 +65,6 @@ async fn scale(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
             flags: Vec::new(),
         }]
     };
-    if std::env::var_os("WBSCALE_REVERSE").is_some() {
-        variants.reverse();
-    }
     // Every variant's objects first, while no write-back bridge runs: the time measured is the
     // bridge's alone, not the apiserver creating objects.
     let mut created = Vec::new();
