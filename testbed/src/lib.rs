@@ -11,6 +11,7 @@ pub mod control_plane;
 pub mod etcd;
 pub mod go;
 pub mod metrics;
+pub mod node_images;
 pub mod pki;
 pub mod process;
 pub mod seed;
