@@ -3,14 +3,15 @@
 # CoreDNS from its own Go module, once per version, into a cache outside the repo. A warm run only
 # checks stamps.
 #   control plane: kube-apiserver, kube-controller-manager, kubectl
-#   node (testbed/src/node*.rs): kubelet, kube-proxy, and CoreDNS for cluster.local
+#   node (testbed/src/node*.rs): kubelet, kube-proxy, kube-scheduler (the chart's pods have no
+#   nodeName), and CoreDNS for cluster.local
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/go.mod")
 # CoreDNS is a module of its own (its go.mod pins its client-go), built with `go install`.
 coredns_version=v1.15.0
 out="${ETCD_BRIDGE_CACHE:-$HOME/.cache/etcd-bridge}/kube/$version"
-bins=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy)
+bins=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy kube-scheduler)
 # The stamp hashes what decides the result (file contents, not their paths: every worktree of the
 # repo shares the cache).
 stamp="$out/.built-$(cat "$here/go.mod" "$here/go.sum" <(echo "${bins[*]} coredns@$coredns_version") | sha256sum | cut -c1-16)"

@@ -11,13 +11,17 @@ pub mod control_plane;
 pub mod etcd;
 pub mod go;
 pub mod metrics;
+pub mod node;
+pub mod node_config;
 pub mod node_images;
+pub mod node_network;
 pub mod pki;
 pub mod process;
 pub mod seed;
 
 pub use control_plane::{ControlPlane, client_from};
 pub use etcd::Etcd;
+pub use node::Node;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
