@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod go;
 pub mod metrics;
 pub mod node;
+pub mod node_cgroups;
 pub mod node_config;
 pub mod node_images;
 pub mod node_network;

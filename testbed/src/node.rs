@@ -394,6 +394,10 @@ ports:
         write_file(&resolv, b"")?;
         let pod_logs = self.dir.join("pod-logs");
         std::fs::create_dir_all(&pod_logs).map_err(|e| format!("{}: {e}", pod_logs.display()))?;
+        crate::node_cgroups::remove_stale();
+        let scratch = self.dir.parent().unwrap_or(&self.dir);
+        let cgroup_root = crate::node_cgroups::root_for(scratch);
+        crate::node_cgroups::create(&cgroup_root)?;
         let conf = self.dir.join("kubelet.yaml");
         write_file(
             &conf,
@@ -402,6 +406,7 @@ ports:
                 pod_logs: &pod_logs,
                 resolv_conf: &resolv,
                 node_ip: self.link.node_ip(),
+                cgroup_root: &cgroup_root,
             })
             .as_bytes(),
         )?;

@@ -110,6 +110,8 @@ pub struct KubeletPaths<'a> {
     pub pod_logs: &'a Path,
     pub resolv_conf: &'a Path,
     pub node_ip: Ipv4Addr,
+    /// The cgroup every pod's cgroups go under (`node_cgroups.rs`).
+    pub cgroup_root: &'a str,
 }
 
 /// The KubeletConfiguration. The settings beyond the defaults are what this machine needs
@@ -124,9 +126,11 @@ kind: KubeletConfiguration
 # unless told not to.
 failCgroupV1: false
 cgroupDriver: cgroupfs
-# No QoS cgroup tree and no node allocatable enforcement: the node shares the machine's root
-# cgroup with everything else running on it.
-cgroupsPerQOS: false
+# The QoS cgroup tree under the node's own cgroup, so that a dead node's leftovers can be found
+# and removed (without it, containerd puts containers in the machine's /k8s.io); no node
+# allocatable enforcement.
+cgroupsPerQOS: true
+cgroupRoot: {cgroup_root}
 enforceNodeAllocatable: []
 failSwapOn: false
 localStorageCapacityIsolation: false
@@ -169,6 +173,7 @@ shutdownGracePeriod: 0s
         ip = p.node_ip,
         resolv = p.resolv_conf.display(),
         logs = p.pod_logs.display(),
+        cgroup_root = p.cgroup_root,
     )
 }
 
@@ -184,6 +189,8 @@ clientConnection:
 hostnameOverride: {NODE_NAME}
 mode: iptables
 clusterCIDR: {POD_CIDR}
+# NodePorts on the node's own address only.
+nodePortAddresses: [primary]
 bindAddress: 0.0.0.0
 healthzBindAddress: {healthz}
 metricsBindAddress: 127.0.0.1:10249
@@ -301,11 +308,13 @@ mod tests {
             pod_logs: Path::new("/tmp/n/pods"),
             resolv_conf: Path::new("/tmp/n/resolv.conf"),
             node_ip: Ipv4Addr::new(10, 250, 0, 2),
+            cgroup_root: "/etcd-bridge-testbed/1-shared-0",
         });
         assert!(c.contains("address: 10.250.0.2\n"));
         assert!(c.contains("containerRuntimeEndpoint: unix:///tmp/n/containerd.sock\n"));
         assert!(c.contains(&format!("clusterDNS: [{DNS_SERVICE_IP}]")));
         assert!(c.contains("failCgroupV1: false"));
+        assert!(c.contains("cgroupRoot: /etcd-bridge-testbed/1-shared-0\n"));
     }
 
     #[test]
