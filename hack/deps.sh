@@ -8,7 +8,7 @@
 #     loopback, portmap), iptables (kube-proxy's mode, and the bridge plugin's masquerade),
 #     conntrack (kube-proxy clears stale UDP entries with it), iproute2 (the node's network
 #     namespace and link), umoci and skopeo (images without a Docker engine), busybox-static (the
-#     pause and client images);
+#     pause and client images); and, into the cache, the .debs hack/image.sh makes images of;
 #   - kube-apiserver, kube-controller-manager, kubectl, kubelet and kube-proxy, built from
 #     k8s.io/kubernetes through the Go module proxy, and CoreDNS from its Go module
 #     (testbed/kube/build.sh, cached in ~/.cache/etcd-bridge);
@@ -77,8 +77,10 @@ for plugin in bridge host-local loopback portmap; do
 done
 [[ -e /bin/busybox ]] && ! file_is_static /bin/busybox &&
   problems+=("/bin/busybox is not a static binary (the pause and client images need one): apt-get install busybox-static")
-command -v nsenter >/dev/null ||
-  problems+=("nsenter is missing (the node runs in its own network namespace): apt-get install util-linux")
+for tool in nsenter unshare flock; do
+  command -v $tool >/dev/null ||
+    problems+=("$tool is missing (the node runs in namespaces of its own): apt-get install util-linux")
+done
 command -v go >/dev/null ||
   problems+=("go is missing: it builds kube-apiserver, kubelet and the Go test programs; install Go 1.26 or later from https://go.dev/dl")
 command -v cargo >/dev/null ||
@@ -92,5 +94,7 @@ if ((${#problems[@]})); then
 fi
 
 bins=$("$root/testbed/kube/build.sh")
+# The Debian packages the node's images are made of (hack/image.sh builds them on demand).
+"$root/hack/image.sh" --fetch >/dev/null
 helm=$("$root/hack/install-helm.sh")
 echo ">> test bed ready: etcd $(etcd --version | awk '/etcd Version/ {print $3}'), $(protoc --version), Kubernetes binaries in $bins, helm at $helm"

@@ -13,6 +13,8 @@
 # Usage:
 #   hack/image.sh                 the release binary, built as the Dockerfile builds it
 #   hack/image.sh --binary PATH   that binary instead (the test bed passes the one under test)
+#   hack/image.sh --fetch         only download the Debian packages (hack/deps.sh does, so that
+#                                 tests find them in the cache)
 #
 # Output, in ${ETCD_BRIDGE_CACHE:-~/.cache/etcd-bridge}/images: NAME-oci/ (an OCI layout) and
 # NAME.tar (a docker-archive, for `ctr images import`). Each image is rebuilt only when what it is
@@ -28,22 +30,24 @@ fail() {
 }
 
 binary=""
+fetch_only=false
 while (($#)); do
   case "$1" in
     --binary) binary=$(realpath "$2") && shift 2 ;;
-    *) fail "unknown argument $1 (usage: hack/image.sh [--binary PATH])" ;;
+    --fetch) fetch_only=true && shift ;;
+    *) fail "unknown argument $1 (usage: hack/image.sh [--binary PATH | --fetch])" ;;
   esac
 done
 for tool in umoci skopeo apt-get dpkg-deb python3 flock; do
   command -v "$tool" >/dev/null || fail "$tool is missing: run hack/deps.sh"
 done
-if [[ -z "$binary" ]]; then
+if [[ -z "$binary" ]] && ! $fetch_only; then
   # The Dockerfile's own build command (hack/docker-build-check.sh checks it is this one).
   say "cargo build --release --locked --bin etcd-bridge"
   (cd "$root" && cargo build --release --locked --bin etcd-bridge >&2)
   binary="${CARGO_TARGET_DIR:-$root/target}/release/etcd-bridge"
 fi
-[[ -x "$binary" ]] || fail "no executable at $binary"
+$fetch_only || [[ -x "$binary" ]] || fail "no executable at $binary"
 
 mkdir -p "$cache/debs"
 exec 9>"$cache/.lock"
@@ -118,6 +122,10 @@ libc6=$(deb libc6)
 libgcc=$(deb libgcc-s1)
 cacerts=$(deb ca-certificates)
 busybox=$(deb busybox-static)
+if $fetch_only; then
+  echo "$cache/debs"
+  exit 0
+fi
 
 # --- One image from a root filesystem directory. --------------------------------------------
 # build NAME TAG ROOTFS STAMP [umoci config flags...]: ROOTFS is packed as one layer, owned by
