@@ -26,7 +26,16 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 const WAIT: Duration = Duration::from_secs(60);
 
 fn node() -> &'static Node {
-    Node::shared(Path::new(BINARY))
+    let t = Instant::now();
+    let node = Node::shared(Path::new(BINARY));
+    if t.elapsed() > Duration::from_secs(1) {
+        eprintln!(
+            "test bed + images + node: {:?} (the node itself: {:?})",
+            t.elapsed(),
+            node.started_in
+        );
+    }
+    node
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,7 +270,6 @@ fn record_deletes(mut etcd: etcd_client::Client, prefix: String) -> Arc<Mutex<Ve
 #[test]
 fn a_pod_resolves_cluster_names_through_coredns_and_reaches_the_apiserver_through_kube_proxy() {
     let node = node();
-    eprintln!("node started in {:?}", node.started_in);
     let ns = unique("node-smoke");
     kubectl(&["create", "namespace", &ns]);
     // The apiserver answers through the `kubernetes` Service (kube-proxy's DNAT to the relay):

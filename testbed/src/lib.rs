@@ -1,5 +1,6 @@
 //! The test bed of etcd-bridge: a registry etcd and a Kubernetes control plane, real processes on
-//! 127.0.0.1 with ephemeral ports and temporary directories.
+//! 127.0.0.1 with ephemeral ports and temporary directories; and, for the tests that need one, a
+//! real node ([`Node`]: containerd, kubelet, kube-proxy, CoreDNS) in namespaces of its own.
 //!
 //! A test that needs them and cannot start them fails, with the reason and the component's log:
 //! [`TestBed::shared`] panics, it never skips.
