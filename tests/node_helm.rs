@@ -328,6 +328,19 @@ spec:
         "a name outside the cluster is not resolved (nothing is forwarded):\n{logs}"
     );
     assert!(logs.trim_end().ends_with("done"), "{logs}");
+    // The path was kube-proxy's: its rules for both Services, in the node's own netfilter tables.
+    let rules = node
+        .command("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .expect("iptables-save in the node");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    for service in ["default/kubernetes:https", "kube-system/kube-dns:dns"] {
+        assert!(
+            rules.contains(&format!("\"{service} cluster IP\"")),
+            "no kube-proxy rule for {service}:\n{rules}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
