@@ -330,12 +330,7 @@ ports:
     /// CRI's image lookup).
     fn import_images(&self) -> Result<(), String> {
         for image in self.images.all() {
-            self.ctr(&[
-                "images",
-                "import",
-                "--no-unpack=false",
-                &image.archive.display().to_string(),
-            ])?;
+            self.ctr(&["images", "import", &image.archive.display().to_string()])?;
             let names = self.ctr(&["images", "ls", "-q"])?;
             if !names.lines().any(|n| n == image.reference) {
                 return Err(format!(
