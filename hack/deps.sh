@@ -34,7 +34,7 @@ declare -A provides=(
   [conntrack]=/usr/sbin/conntrack
   [iproute2]=/bin/ip
   [umoci]=/usr/bin/umoci
-  [skopeo]=/usr/bin/skopeo
+  [skopeo]=/usr/bin/skopeo # brings golang-github-containers-image and -common with it
   [busybox-static]=/bin/busybox
 )
 
