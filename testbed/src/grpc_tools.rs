@@ -235,7 +235,7 @@ spec:
     /// Starts `healthclient -target TARGET -wait EVENTS [-expect IP]` in the pod and returns once
     /// it says it is watching: what happens from now on is seen.
     pub fn watch(&self, target: &str, events: &str, expect: Option<&str>) -> Result<Watch, String> {
-        let mut args = vec!["-target", target, "-wait", events, "-timeout", "120s"];
+        let mut args = vec!["-v", "-target", target, "-wait", events, "-timeout", "120s"];
         if let Some(ip) = expect {
             args.extend(["-expect", ip]);
         }

@@ -13,6 +13,7 @@ pub mod control_plane;
 pub mod etcd;
 pub mod go;
 pub mod grpc_tools;
+pub mod kube_proxy;
 pub mod metrics;
 pub mod node;
 pub mod node_cgroups;

@@ -45,6 +45,7 @@ func main() {
 	every := flag.Duration("every", 20*time.Millisecond, "with -wait: time between attempts")
 	attempt := flag.Duration("attempt", 500*time.Millisecond, "deadline of one Check")
 	timeout := flag.Duration("timeout", 60*time.Second, "give up after this long")
+	verbose := flag.Bool("v", false, "with -wait: print every attempt that did not see the event")
 	flag.Parse()
 	log.SetFlags(0)
 	if *target == "" {
@@ -71,6 +72,9 @@ func main() {
 			if held {
 				fmt.Printf("%s at %d after %d attempts: %s\n", event, time.Now().UnixNano(), n, detail)
 				break
+			}
+			if *verbose {
+				fmt.Printf("attempt %d at %d: %s\n", n, time.Now().UnixNano(), detail)
 			}
 			if time.Now().After(deadline) {
 				fmt.Printf("timeout waiting for %s after %d attempts: %s\n", event, n, detail)
