@@ -9,12 +9,17 @@
 #                to. USER, EXPOSE, ENTRYPOINT and CMD are read from the Dockerfile, never copied.
 #   pause        the node's sandbox image: a static busybox (busybox-static) sleeping forever.
 #   busybox      a shell and small network tools, for tests that look at the cluster from a pod.
+#   NAME         (--layer only) busybox plus static binaries of our own in /usr/local/bin, e.g. the
+#                data-plane tests' gRPC health client and seed server.
 #
 # Usage:
 #   hack/image.sh                 the release binary, built as the Dockerfile builds it
 #   hack/image.sh --binary PATH   that binary instead (the test bed passes the one under test)
 #   hack/image.sh --fetch         only download the Debian packages (hack/deps.sh does, so that
 #                                 tests find them in the cache)
+#   hack/image.sh --layer NAME=BIN[,BIN...]
+#                                 only the image NAME: busybox plus each BIN (static: nothing else
+#                                 is in the image) in /usr/local/bin, tagged with their digest
 #
 # Output, in ${ETCD_BRIDGE_CACHE:-~/.cache/etcd-bridge}/images: NAME-oci/ (an OCI layout) and
 # NAME.tar (a docker-archive, for `ctr images import`). Each image is rebuilt only when what it is
@@ -31,23 +36,32 @@ fail() {
 
 binary=""
 fetch_only=false
+layer=""
 while (($#)); do
   case "$1" in
     --binary) binary=$(realpath "$2") && shift 2 ;;
     --fetch) fetch_only=true && shift ;;
-    *) fail "unknown argument $1 (usage: hack/image.sh [--binary PATH | --fetch])" ;;
+    --layer) layer=$2 && shift 2 ;;
+    *) fail "unknown argument $1 (usage: hack/image.sh [--binary PATH | --fetch | --layer NAME=BIN[,BIN...]])" ;;
   esac
 done
 for tool in umoci skopeo apt-get dpkg-deb python3 flock; do
   command -v "$tool" >/dev/null || fail "$tool is missing: run hack/deps.sh"
 done
-if [[ -z "$binary" ]] && ! $fetch_only; then
+layer_name="" layer_bins=()
+if [[ -n "$layer" ]]; then
+  layer_name=${layer%%=*}
+  [[ "$layer" == *=* && "$layer_name" =~ ^[a-z0-9][a-z0-9-]*$ ]] || fail "--layer $layer: expected NAME=BIN[,BIN...]"
+  IFS=, read -ra layer_bins <<<"${layer#*=}"
+  for b in "${layer_bins[@]}"; do [[ -x "$b" ]] || fail "--layer: no executable at $b"; done
+fi
+if [[ -z "$binary" && -z "$layer" ]] && ! $fetch_only; then
   # The Dockerfile's own build command (hack/docker-build-check.sh checks it is this one).
   say "cargo build --release --locked --bin etcd-bridge"
   (cd "$root" && cargo build --release --locked --bin etcd-bridge >&2)
   binary="${CARGO_TARGET_DIR:-$root/target}/release/etcd-bridge"
 fi
-$fetch_only || [[ -x "$binary" ]] || fail "no executable at $binary"
+$fetch_only || [[ -n "$layer" ]] || [[ -x "$binary" ]] || fail "no executable at $binary"
 
 mkdir -p "$cache/debs"
 exec 9>"$cache/.lock"
@@ -173,10 +187,38 @@ config_flags() { # ENTRYPOINT... -- CMD...: umoci's flags for an exec-form entry
 }
 sum() { cat "$@" | sha256sum | cut -c1-32; }
 
+# busybox_rootfs DIR: a static busybox with every applet linked, root and nobody.
+busybox_rootfs() {
+  local rootfs=$1
+  mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,tmp,etc}
+  install -m 0755 "$x/busybox/bin/busybox" "$rootfs/bin/busybox"
+  chmod 1777 "$rootfs/tmp"
+  "$rootfs/bin/busybox" --list-full | while read -r applet; do
+    [[ -e "$rootfs/$applet" ]] || ln -s /bin/busybox "$rootfs/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$rootfs/etc/passwd"
+  printf 'root:x:0:\nnobody:x:65534:\n' >"$rootfs/etc/group"
+}
+x="$work/x"
+
+# --- --layer NAME=BIN,...: busybox plus our binaries, and nothing else. -------------------------
+if [[ -n "$layer" ]]; then
+  mkdir -p "$x/busybox"
+  dpkg-deb -x "$busybox" "$x/busybox"
+  rootfs="$work/$layer_name"
+  busybox_rootfs "$rootfs"
+  mkdir -p "$rootfs/usr/local/bin"
+  for b in "${layer_bins[@]}"; do install -m 0755 "$b" "$rootfs/usr/local/bin/$(basename "$b")"; done
+  digest=$(sum "${layer_bins[@]}" "$busybox" "$0")
+  mapfile -t cfg < <(config_flags /bin/sh --)
+  build "$layer_name" "docker.io/local/$layer_name:${digest:0:16}" "$rootfs" "$digest" "${cfg[@]}" \
+    --config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+  exit 0
+fi
+
 # --- etcd-bridge: distroless cc-debian12:nonroot + the binary. --------------------------------
 rootfs="$work/etcd-bridge"
 mkdir -p "$rootfs"/{etc/ssl/certs,tmp,root,home/nonroot,usr/local/bin}
-x="$work/x"
 mkdir -p "$x"/{libc6,libgcc,cacerts}
 dpkg-deb -x "$libc6" "$x/libc6"
 dpkg-deb -x "$libgcc" "$x/libgcc"
@@ -225,14 +267,7 @@ mapfile -t cfg < <(config_flags /bin/busybox sleep 2147483647 --)
 build pause "docker.io/local/pause:$bb_version" "$rootfs" "$(sum "$busybox" "$0")" "${cfg[@]}" --config.user=65535:65535
 
 rootfs="$work/busybox"
-mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,tmp,etc}
-install -m 0755 "$x/busybox/bin/busybox" "$rootfs/bin/busybox"
-chmod 1777 "$rootfs/tmp"
-"$rootfs/bin/busybox" --list-full | while read -r applet; do
-  [[ -e "$rootfs/$applet" ]] || ln -s /bin/busybox "$rootfs/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$rootfs/etc/passwd"
-printf 'root:x:0:\nnobody:x:65534:\n' >"$rootfs/etc/group"
+busybox_rootfs "$rootfs"
 mapfile -t cfg < <(config_flags /bin/sh --)
 build busybox "docker.io/local/busybox:$bb_version" "$rootfs" "$(sum "$busybox" "$0")" "${cfg[@]}" \
   --config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -39,6 +39,7 @@ mod tracker;
 // The sections (import.rs runs the import ones in order, on one estate).
 mod burst;
 mod cold_start;
+mod dataplane;
 mod floor;
 mod import;
 mod isolated;
@@ -180,5 +181,7 @@ async fn main() {
     let import = import::import_sections(&mut ctx).await;
     let big = memory::section(&mut ctx).await;
     let wb = writeback::section(&mut ctx).await;
+    let dp = dataplane::section(&mut ctx).await;
+    ctx.report.insert("dataplane".into(), dp);
     finish(ctx, import, big, wb);
 }

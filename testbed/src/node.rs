@@ -132,6 +132,12 @@ impl Node {
         Ok(addr)
     }
 
+    /// The host PID of the first process of the node's namespaces: what `nsenter --target` and
+    /// `ip link ... netns` take to reach the node's network namespace.
+    pub fn pid(&self) -> u32 {
+        self.init_pid
+    }
+
     /// A command run inside the node's namespaces (network, mount and PID), e.g. `iptables-save`.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");

@@ -177,9 +177,13 @@ shutdownGracePeriod: 0s
     )
 }
 
+/// The port of kube-proxy's `/metrics`, on the node's address.
+pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
+
 /// kube-proxy in iptables mode, in the node's network namespace. The conntrack settings are zero
 /// so that it writes no sysctl shared with the machine. `/healthz` on `healthz` (the node's
-/// address, so the test bed can ask from outside the node) says when its rules are synced.
+/// address, so the test bed can ask from outside the node) says when its rules are synced;
+/// `/metrics` is on the same address (the data-plane benchmark counts its syncs).
 pub fn kube_proxy_config(kubeconfig: &Path, healthz: std::net::SocketAddrV4) -> String {
     format!(
         r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -193,17 +197,22 @@ clusterCIDR: {POD_CIDR}
 nodePortAddresses: [primary]
 bindAddress: 0.0.0.0
 healthzBindAddress: {healthz}
-metricsBindAddress: 127.0.0.1:10249
+metricsBindAddress: {metrics}
 conntrack:
   maxPerCore: 0
   min: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
+# kube-proxy's default, said aloud (a zero minSyncPeriod is read as unset and becomes 1s): at
+# least a second from the end of one sync to the start of the next. A new Service's first sync
+# comes at once; the one for its endpoints, a second later: so does its ClusterIP, as on a default
+# node.
 iptables:
   syncPeriod: 30s
-  minSyncPeriod: 0s
+  minSyncPeriod: 1s
 "#,
-        kc = kubeconfig.display()
+        kc = kubeconfig.display(),
+        metrics = std::net::SocketAddrV4::new(*healthz.ip(), KUBE_PROXY_METRICS_PORT),
     )
 }
 

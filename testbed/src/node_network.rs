@@ -43,9 +43,23 @@ impl Link {
     }
 }
 
+/// The comment on the node's guard rule (see [`create_link`]).
+pub const GUARD_COMMENT: &str = "etcd-bridge-testbed: nothing forwarded leaves the machine";
+
 /// Creates the link between the host and the network namespace of process `pid`, under a lock so
 /// that two nodes starting together pick different /30s. Inside, the node side is `eth0` with the
 /// default route through the host, and IP forwarding is on (the node routes its pods).
+///
+/// The guard: what the node forwards to the host must be for the host's side of the link (the
+/// relays). A pod's packet for anything else would take the default route, e.g. one for a
+/// ClusterIP kube-proxy has no rule for (a Service just deleted, or not yet programmed: kube-proxy's
+/// iptables mode does not reject those), and leave the machine if the host forwarded it. The node
+/// refuses it instead, so the pod sees "connection refused" at once.
+///
+/// The node's ICMP errors are not rate-limited (this namespace's `icmp_ratelimit`): the kernel's
+/// default lets 6 through to a pod, then one a second, so a client retrying a Service that
+/// kube-proxy still rejects (no endpoints yet) would see its connections hang instead of refused,
+/// and the data-plane benchmark would measure its retry timeout.
 pub fn create_link(pid: u32) -> Result<Link, String> {
     // The pick and the creation in one shell under flock(1): no two nodes get the same index.
     let script = format!(
@@ -74,9 +88,12 @@ ip addr add {node}/30 dev eth0
 ip link set eth0 up
 ip route add default via {host}
 echo 1 > /proc/sys/net/ipv4/ip_forward
-echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables
+echo 0 > /proc/sys/net/ipv4/icmp_ratelimit
+iptables -A FORWARD -o eth0 ! -d {host} -m comment --comment '{guard}' -j REJECT",
         node = link.node_ip(),
-        host = link.host_ip()
+        host = link.host_ip(),
+        guard = GUARD_COMMENT,
     );
     run(Command::new("nsenter")
         .arg(format!("--target={pid}"))
