@@ -188,6 +188,15 @@ pub struct WritebackArgs {
     /// the bridge is gone. Must exceed --lease-duration, so a new leader re-puts them in time.
     #[arg(long = "writeback-lease-ttl", env = "ETCD_BRIDGE_WRITEBACK_LEASE_TTL", value_parser = humantime, default_value = "30s")]
     pub lease_ttl: Duration,
+    /// At most this many written-back keys per etcd lease; more keys take more leases. etcd
+    /// before 3.4.27 (and any etcd for clients with auth on and no root role) spends time linear
+    /// in the keys on a lease for every Put with it (etcd issue 15993).
+    #[arg(long = "writeback-keys-per-lease", env = "ETCD_BRIDGE_WRITEBACK_KEYS_PER_LEASE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keys_per_lease: u32,
+    /// How many EtcdRegistrations call the Kubernetes API at once (finalizer, status, Events,
+    /// a followed Service). Their etcd writes do not wait for this.
+    #[arg(long = "writeback-concurrency", env = "ETCD_BRIDGE_WRITEBACK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Which namespaces may publish which service names: comma-separated NS_GLOB:SERVICE_GLOB
     /// rules (`*`, `?`). The default allows every namespace to publish every name.
     #[arg(

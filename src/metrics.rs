@@ -56,6 +56,9 @@ pub struct Metrics {
     pub etcd_connected: Gauge,
     pub held_deletions: Gauge,
     pub weights_clamped: Counter,
+    pub writeback_put_seconds: Histogram,
+    pub writeback_leases: Gauge,
+    pub writeback_leases_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +82,10 @@ impl Default for Metrics {
             etcd_connected: Gauge::default(),
             held_deletions: Gauge::default(),
             weights_clamped: Counter::default(),
+            // 100 µs .. ~3.3 s.
+            writeback_put_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            writeback_leases: Gauge::default(),
+            writeback_leases_lost: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +163,21 @@ impl Default for Metrics {
             "weights_clamped",
             "Services with a weight above 65535, written to service.cilium.io/weight as 65535 (counted once per Service)",
             m.weights_clamped.clone(),
+        );
+        registry.register(
+            "writeback_put_seconds",
+            "Write-back: from sending a transaction that puts an object's keys in etcd to etcd's answer",
+            m.writeback_put_seconds.clone(),
+        );
+        registry.register(
+            "writeback_leases",
+            "Write-back: etcd leases this replica holds (each holds at most --writeback-keys-per-lease keys)",
+            m.writeback_leases.clone(),
+        );
+        registry.register(
+            "writeback_leases_lost",
+            "Write-back: etcd leases found gone (expired, or etcd lost its data); their keys were put again",
+            m.writeback_leases_lost.clone(),
         );
         Metrics { registry, ..m }
     }

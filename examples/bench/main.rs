@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! bench [--smoke] [--bridge PATH] [--out DIR] [--bridge-arg ARG]... [--peer-rate N] [--services N]
+//!       [--only writeback-scale]
 //! bench --replot target/bench/results.json --out DIR
 //! ```
 //!
@@ -17,6 +18,7 @@
 //!   is limited to 20 requests/s, so at 50/s it would measure its rate limiter).
 //! - `--services`: services of the import sections (default 1,000; 10 endpoints each), to see how
 //!   the latency depends on the size of the estate.
+//! - `--only writeback-scale`: that section alone, written to `writeback-scale.json`.
 //! - `--replot`: draws `latency.svg` again from a `results.json`, and does nothing else.
 //!
 //! The bridge runs as its own process with the admin kubeconfig and `--leader-election=false`,
@@ -48,6 +50,7 @@ mod peer;
 mod propagation;
 mod restart;
 mod writeback;
+mod writeback_scale;
 // The results: goals, table, JSON, plot.
 mod goals;
 mod plot;
@@ -178,10 +181,16 @@ async fn main() {
         }),
     );
 
+    if ctx.opts.only.is_some() {
+        let wbs = writeback_scale::section(&mut ctx).await;
+        report::finish_only(ctx, "writeback_scale", wbs);
+        return;
+    }
     let import = import::import_sections(&mut ctx).await;
     let big = memory::section(&mut ctx).await;
     let wb = writeback::section(&mut ctx).await;
+    let wbs = writeback_scale::section(&mut ctx).await;
     let dp = dataplane::section(&mut ctx).await;
     ctx.report.insert("dataplane".into(), dp);
-    finish(ctx, import, big, wb);
+    finish(ctx, import, big, wb, wbs);
 }

@@ -6,7 +6,11 @@ use std::collections::HashMap;
 /// The bridge's `sync_latency_seconds` histogram: (upper bound, cumulative count) per bucket,
 /// and the sum and count.
 pub fn sync_histogram(text: &str) -> (Vec<(String, f64)>, f64, f64) {
-    let name = "etcd_bridge_sync_latency_seconds";
+    parse_histogram(text, "etcd_bridge_sync_latency_seconds")
+}
+
+/// The histogram `name`: (upper bound, cumulative count) per bucket, and the sum and count.
+pub fn parse_histogram(text: &str, name: &str) -> (Vec<(String, f64)>, f64, f64) {
     let mut buckets = Vec::new();
     let (mut sum, mut count) = (0.0, 0.0);
     for l in text.lines() {
@@ -42,5 +46,28 @@ pub fn histogram_delta(before: &str, after: &str) -> Value {
         "count": n,
         "mean_ms": if n > 0.0 { json!(((s1 - s0) / n * 1e6).round() / 1e3) } else { Value::Null },
         "cumulative_buckets": buckets,
+    })
+}
+
+/// The histogram `name` as JSON: count, mean, the buckets, and the upper bound of the bucket that
+/// holds p50 and p99 (a histogram knows no better); `null` when the bridge has no such metric.
+pub fn histogram(text: &str, name: &str) -> Value {
+    let (buckets, sum, count) = parse_histogram(text, name);
+    if buckets.is_empty() {
+        return Value::Null;
+    }
+    let at = |q: f64| {
+        let rank = (q * count).ceil().max(1.0);
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= rank)
+            .map(|(le, _)| le.clone())
+    };
+    json!({
+        "count": count,
+        "mean_ms": if count > 0.0 { json!((sum / count * 1e6).round() / 1e3) } else { Value::Null },
+        "p50_le_s": at(0.5),
+        "p99_le_s": at(0.99),
+        "cumulative_buckets": buckets.iter().map(|(le, c)| json!({"le": le, "count": c})).collect::<Vec<_>>(),
     })
 }

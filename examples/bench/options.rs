@@ -11,6 +11,8 @@ pub struct Opts {
     pub peer_rate: Option<f64>,
     pub services: Option<usize>,
     pub replot: Option<PathBuf>,
+    /// Run one section only (`writeback-scale`), and report it alone.
+    pub only: Option<String>,
 }
 
 impl Opts {
@@ -23,6 +25,7 @@ impl Opts {
             peer_rate: None,
             services: None,
             replot: None,
+            only: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -49,6 +52,13 @@ impl Opts {
                     )
                 }
                 "--replot" => opts.replot = Some(PathBuf::from(value("--replot"))),
+                "--only" => {
+                    let v = value("--only");
+                    if v != "writeback-scale" {
+                        usage("--only knows one section: writeback-scale");
+                    }
+                    opts.only = Some(v)
+                }
                 "--services" => {
                     opts.services = Some(
                         value("--services")
@@ -69,7 +79,7 @@ pub fn usage(err: &str) -> ! {
         eprintln!("bench: {err}");
     }
     eprintln!(
-        "usage: bench [--smoke] [--bridge PATH] [--out DIR] [--bridge-arg ARG]... [--peer-rate N] [--services N] [--replot results.json]"
+        "usage: bench [--smoke] [--bridge PATH] [--out DIR] [--bridge-arg ARG]... [--peer-rate N] [--services N] [--only writeback-scale] [--replot results.json]"
     );
     std::process::exit(2)
 }
@@ -92,6 +102,13 @@ pub struct Sizes {
     pub big_endpoints: usize,
     pub writeback_objects: usize,
     pub writeback_changes: usize,
+    /// EtcdRegistrations per variant of the write-back scale section.
+    pub wb_scale_objects: usize,
+    /// Keys per lease of the lease pool variant.
+    pub wb_keys_per_lease: usize,
+    /// Puts of the probe of etcd's Put latency with a lease.
+    pub wb_probe_puts: usize,
+    pub wb_scale_timeout: Duration,
     pub settle: Duration,
     pub drain: Duration,
     pub converge_timeout: Duration,
@@ -122,6 +139,11 @@ impl Sizes {
                 big_endpoints: 10,
                 writeback_objects: 10,
                 writeback_changes: 5,
+                // Small leases, so that the smoke run has several.
+                wb_scale_objects: 20,
+                wb_keys_per_lease: 8,
+                wb_probe_puts: 20,
+                wb_scale_timeout: Duration::from_secs(60),
                 settle: Duration::from_secs(1),
                 drain: Duration::from_secs(15),
                 converge_timeout: Duration::from_secs(60),
@@ -148,6 +170,10 @@ impl Sizes {
                 big_endpoints: 10,
                 writeback_objects: 1_000,
                 writeback_changes: 50,
+                wb_scale_objects: 10_000,
+                wb_keys_per_lease: 1_000,
+                wb_probe_puts: 500,
+                wb_scale_timeout: Duration::from_secs(240),
                 settle: Duration::from_secs(3),
                 drain: Duration::from_secs(20),
                 converge_timeout: Duration::from_secs(180),

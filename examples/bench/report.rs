@@ -2,7 +2,7 @@
 //! the bridges' logs.
 
 use crate::Ctx;
-use crate::goals::{goals, mark};
+use crate::goals::{Goal, goals, mark};
 use crate::harness::{DONE, elapsed, step};
 use crate::import::Import;
 use crate::memory::Big;
@@ -54,8 +54,9 @@ pub fn git_describe() -> String {
         .unwrap_or_default()
 }
 
-pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value) {
-    let goals = goals(&import, &big);
+pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value, wbs: Value) {
+    let mut goals = goals(&import, &big);
+    goals.push(writeback_scale_goal(&wbs, ctx.sz.wb_scale_objects));
     let name = if ctx.opts.smoke { "smoke" } else { "results" };
     let svg_path = ctx.opts.out.join(if ctx.opts.smoke {
         "smoke-latency.svg"
@@ -71,6 +72,7 @@ pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value) {
     std::fs::write(&svg_path, svg).unwrap_or_else(|e| panic!("write {}: {e}", svg_path.display()));
 
     ctx.report.insert("writeback".into(), wb.clone());
+    ctx.report.insert("writeback_scale".into(), wbs.clone());
     ctx.report.insert(
         "goals".into(),
         goals
@@ -173,13 +175,83 @@ pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value) {
         wb_line,
         w1 = w1
     );
+    println!(
+        "| {:<w0$} | {:<w1$} | {:<12} | {} |",
+        "write-back at scale",
+        "-",
+        "-",
+        crate::writeback_scale::brief(&wbs),
+        w1 = w1
+    );
     if !ctx.anomalies.is_empty() {
         println!("\nthings in the bridge that looked wrong:");
         for a in &ctx.anomalies {
             println!("  - {a}");
         }
     }
-    // Keep the bridges' logs: the test bed's directory goes when the next test bed starts.
+    let logs = keep_logs(&ctx, name);
+    DONE.store(true, Ordering::Relaxed);
+    println!(
+        "\nwrote {}, {} and the bridges' logs in {} in {:.0} s",
+        path.display(),
+        svg_path.display(),
+        logs.display(),
+        elapsed()
+    );
+}
+
+/// Issue 13's goal for write-back: 10,000 EtcdRegistrations reach etcd in at most 20 s, with the
+/// lease pool (the last variant). Judged only at that size.
+fn writeback_scale_goal(wbs: &Value, n: usize) -> Goal {
+    let last = wbs["variants"].as_array().and_then(|v| v.last());
+    let took = last.and_then(|v| v["result"]["all_keys_in_etcd_s"].as_f64());
+    Goal {
+        name: "write-back at scale",
+        target: "10k EtcdRegistrations in etcd ≤ 20 s".into(),
+        measured: match (last, took) {
+            (Some(v), Some(t)) => format!(
+                "{n} in {t:.2} s ({})",
+                v["variant"].as_str().unwrap_or_default()
+            ),
+            _ => crate::writeback_scale::brief(wbs),
+        },
+        met: (n == 10_000).then_some(took.is_some_and(|t| t <= 20.0)),
+    }
+}
+
+/// `--only`: the one section's result, printed and written to `{name}.json` (with `-` for `_`).
+pub fn finish_only(mut ctx: Ctx, name: &str, result: Value) {
+    ctx.report.insert(name.into(), result.clone());
+    ctx.report.insert("anomalies".into(), json!(ctx.anomalies));
+    ctx.report
+        .insert("total_s".into(), json!((elapsed() * 10.0).round() / 10.0));
+    let path = ctx
+        .opts
+        .out
+        .join(format!("{}.json", name.replace('_', "-")));
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&Value::Object(ctx.report.clone())).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    step("results");
+    println!("{}", crate::writeback_scale::brief(&result));
+    for a in &ctx.anomalies {
+        println!("  - {a}");
+    }
+    let logs = keep_logs(&ctx, "writeback-scale");
+    DONE.store(true, Ordering::Relaxed);
+    println!(
+        "\nwrote {} and the bridges' logs in {} in {:.0} s",
+        path.display(),
+        logs.display(),
+        elapsed()
+    );
+}
+
+/// Copies the bridges' logs to `{out}/{name}-logs`: the test bed's directory goes when the next
+/// test bed starts.
+fn keep_logs(ctx: &Ctx, name: &str) -> std::path::PathBuf {
     let logs = ctx.opts.out.join(format!("{name}-logs"));
     let _ = std::fs::remove_dir_all(&logs);
     let _ = std::fs::create_dir_all(&logs);
@@ -193,12 +265,5 @@ pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value) {
             let _ = std::fs::copy(e.path(), logs.join(&f));
         }
     }
-    DONE.store(true, Ordering::Relaxed);
-    println!(
-        "\nwrote {}, {} and the bridges' logs in {} in {:.0} s",
-        path.display(),
-        svg_path.display(),
-        logs.display(),
-        elapsed()
-    );
+    logs
 }

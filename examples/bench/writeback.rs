@@ -41,8 +41,14 @@ pub async fn section(ctx: &mut Ctx) -> Value {
     }
 }
 
-async fn writeback(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
-    let (ns, prefix) = ("bench-writeback", "/bench-writeback/");
+/// The CRD file, when this build has write-back (the file and the `--writeback` flag).
+pub fn crd_file(ctx: &Ctx) -> Option<std::path::PathBuf> {
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{CRD_NAME}.yaml"));
+    (crd.exists() && has_flag(&ctx.help, "--writeback")).then_some(crd)
+}
+
+/// Applies the CRD (idempotent) and returns its storage version.
+pub fn install_crd(ctx: &Ctx, crd: &Path) -> Result<String, String> {
     let yaml = std::fs::read_to_string(crd).map_err(|e| format!("read {}: {e}", crd.display()))?;
     block(|| ctx.bed.cluster.install_crd(&yaml, CRD_NAME))?;
     let crd_ref = format!("crd/{CRD_NAME}");
@@ -58,16 +64,19 @@ async fn writeback(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
     if version.is_empty() {
         return Err("cannot read the CRD's storage version".into());
     }
-    create_namespace(&ctx.client, ns).await;
-    let gvk = GroupVersionKind::gvk("etcd-bridge.io", &version, "EtcdRegistration");
+    Ok(version)
+}
+
+/// The EtcdRegistrations of `ns`, as dynamic objects of the CRD's `version`.
+pub fn registrations(ctx: &Ctx, ns: &str, version: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("etcd-bridge.io", version, "EtcdRegistration");
     let ar = ApiResource::from_gvk_with_plural(&gvk, "etcdregistrations");
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    Api::namespaced_with(ctx.client.clone(), ns, &ar)
+}
 
-    // Every key in etcd, wherever the bridge writes it: matched by `{service}/{version}/{addr}`.
-    let (keys, task) = watch_puts(&mut ctx.etcd, "", WatchOptions::new().with_all_keys())
-        .await
-        .map_err(|e| format!("watch etcd: {e}"))?;
-
+/// The bridge flags that turn write-back on, for the EtcdRegistrations of `ns`, written under
+/// `keys` (the `--bridge-arg`s are kept, except their `--writeback`).
+pub fn writeback_flags(ctx: &Ctx, ns: &str, keys: &str) -> Vec<String> {
     let mut extra: Vec<String> = ctx
         .opts
         .bridge_args
@@ -85,8 +94,23 @@ async fn writeback(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
         extra.push(format!("--writeback-namespace={ns}"));
     }
     if has_flag(&ctx.help, "--writeback-prefix") {
-        extra.push("--writeback-prefix=/bench-writeback-keys/".into());
+        extra.push(format!("--writeback-prefix={keys}"));
     }
+    extra
+}
+
+async fn writeback(ctx: &mut Ctx, crd: &Path) -> Result<Value, String> {
+    let (ns, prefix) = ("bench-writeback", "/bench-writeback/");
+    let version = install_crd(ctx, crd)?;
+    create_namespace(&ctx.client, ns).await;
+    let api = registrations(ctx, ns, &version);
+
+    // Every key in etcd, wherever the bridge writes it: matched by `{service}/{version}/{addr}`.
+    let (keys, task) = watch_puts(&mut ctx.etcd, "", WatchOptions::new().with_all_keys())
+        .await
+        .map_err(|e| format!("watch etcd: {e}"))?;
+
+    let extra = writeback_flags(ctx, ns, "/bench-writeback-keys/");
     let spec = BridgeSpec {
         extra: &extra,
         ..ctx.spec(ns, prefix, "writeback")

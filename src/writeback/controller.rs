@@ -1,29 +1,37 @@
-//! The EtcdRegistration controller. Every replica runs it; only the leader acts. A new leader,
-//! and a new etcd lease, trigger a pass over every object, which re-attaches each key to the
-//! current lease before the old one can expire (no DELETE for watchers during a failover).
+//! The EtcdRegistration controller. Every replica runs it; only the leader acts. A new leader
+//! gets a pass over every object, which re-attaches each key to its own leases before the old
+//! leader's can expire (no DELETE for watchers during a failover). A lost lease gets a pass over
+//! the objects whose keys were on it.
+//!
+//! A pass writes etcd first and the object (finalizer, status, Events) after, waiting for a
+//! permit to write to the apiserver: 10,000 objects reach etcd in seconds while the apiserver
+//! takes their writes N at a time. A key is briefly in etcd before its object has the finalizer;
+//! if adding the finalizer fails, or the object is already gone, the pass deletes the object's
+//! keys again, so no key outlives its object.
 
 use crate::config::{EtcdArgs, WritebackArgs};
 use crate::error::{Error, Result};
-use crate::labels::FIELD_MANAGER;
 use crate::metrics::Metrics;
-use crate::writeback::crd::{EtcdRegistration, EtcdRegistrationStatus};
+use crate::writeback::crd::EtcdRegistration;
 use crate::writeback::desired::{self, DesiredKey};
 use crate::writeback::freed;
+use crate::writeback::lease::{Leases, Owner};
+use crate::writeback::object::{FINALIZER, Finalizer, Objects};
 use crate::writeback::policy::Policy;
-use crate::writeback::status::{self, Lookup, Note, Source, Written};
+use crate::writeback::status::{self, Lookup, Source, Written};
 use crate::writeback::store::{self, Put};
 use crate::writeback::triggers;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,17 +39,19 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub const FINALIZER: &str = "etcd-bridge.io/registration";
+/// Changes that matter are watched (the object, a followed Service and its slices, keys leaving
+/// etcd, the leases); a pass this long after the last one is a backstop for anything missed.
+const BACKSTOP: Duration = Duration::from_secs(300);
 
 struct Ctx {
     client: Client,
+    objects: Objects,
     etcd: etcd_client::Client,
-    lease: watch::Receiver<Option<i64>>,
+    leases: Arc<Leases>,
     leader: watch::Receiver<bool>,
     prefix: String,
     instance: String,
     policy: Policy,
-    recorder: Recorder,
     metrics: Arc<Metrics>,
 }
 
@@ -57,18 +67,19 @@ pub async fn run(
 ) -> Result<()> {
     let policy = Policy::parse(&args.policy)?;
     let etcd = connect_until_up(&etcd_args, &shutdown).await?;
-    let lease = crate::writeback::lease::spawn(etcd_args, args.lease_ttl, shutdown.clone());
+    let (leases, lost) = Leases::new(
+        etcd.clone(),
+        args.lease_ttl,
+        args.keys_per_lease as usize,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    forget_when_not_leading(leases.clone(), leader.clone());
     let ctx = Arc::new(Ctx {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        objects: Objects::new(client.clone(), args.concurrency.into()),
         client: client.clone(),
         etcd,
-        lease: lease.clone(),
+        leases,
         leader: leader.clone(),
         prefix: args.prefix.clone(),
         instance,
@@ -93,16 +104,15 @@ pub async fn run(
     if let Some(selector) = &args.selector {
         config = config.labels(selector);
     }
+    // Unbounded: a pass waits for etcd, then for a permit to write to the apiserver (see
+    // `object`), so that etcd's part of every pass goes ahead.
     let controller = Controller::new(regs, config);
     // Keys that leave etcd: the registrations that want them get a pass at once (a foreign key
     // that blocked one is gone); a broken watch, once back, means everything gets one.
     let (freed_keys, missed) = freed::watch(ctx.etcd.clone(), ctx.prefix.clone(), shutdown.clone());
-    // Everything again when this replica becomes leader, its etcd lease changes, or deletions
-    // in etcd may have been missed.
-    let again = futures::stream::select(
-        futures::stream::select(became_true(leader), changed(lease)),
-        missed,
-    );
+    // Everything again when this replica becomes leader, or deletions in etcd may have been
+    // missed.
+    let again = futures::stream::select(became_true(leader), missed);
     let (by_slice, by_service, by_key) =
         (controller.store(), controller.store(), controller.store());
     let prefix = ctx.prefix.clone();
@@ -119,6 +129,8 @@ pub async fn run(
         .reconcile_on(freed_keys.flat_map(move |key| {
             futures::stream::iter(triggers::wanting_key(&by_key.state(), &prefix, &key))
         }))
+        // The objects whose keys were on a lease that is gone.
+        .reconcile_on(lost.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
         .reconcile_all_on(again)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -152,13 +164,17 @@ async fn connect_until_up(
     }
 }
 
-/// A `()` each time the watched value changes.
-fn changed<T: Clone + Send + Sync + 'static>(
-    rx: watch::Receiver<T>,
-) -> impl futures::Stream<Item = ()> {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok().map(|_| ((), rx))
-    })
+/// A replica that stops leading stops writing: its leases keep no keys (the new leader moves
+/// them to its own), so their slots are free when it leads again.
+fn forget_when_not_leading(leases: Arc<Leases>, mut leader: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        while leader.changed().await.is_ok() {
+            let leading = *leader.borrow_and_update();
+            if !leading {
+                leases.forget_all().await;
+            }
+        }
+    });
 }
 
 fn became_true(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> {
@@ -182,23 +198,22 @@ async fn reconcile(obj: Arc<EtcdRegistration>, ctx: Arc<Ctx>) -> Result<Action> 
         // The leader acts; becoming leader reconciles everything.
         return Ok(Action::await_change());
     }
-    let ns = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
     // Every line logged while reconciling this object names it.
-    let span = tracing::info_span!("writeback_reconcile", namespace = %ns, name = %name);
-    let api: Api<EtcdRegistration> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            finalizer::Event::Apply(o) => apply(&o, &ctx).await,
-            finalizer::Event::Cleanup(o) => cleanup(&o, &ctx).await,
+    let span = tracing::info_span!("writeback_reconcile", namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any());
+    async {
+        let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+        if obj.metadata.deletion_timestamp.is_some() {
+            if has_finalizer {
+                cleanup(&obj, &ctx).await?;
+                let _permit = ctx.objects.permit().await;
+                ctx.objects.remove_finalizer(&obj).await?;
+            }
+            return Ok(Action::await_change());
         }
-    })
+        apply(&obj, &ctx, has_finalizer).await
+    }
     .instrument(span)
     .await
-    .map_err(|e| Error::WriteBack {
-        key: format!("{ns}/{name}"),
-        reason: e.to_string(),
-    })
 }
 
 /// Where the addresses come from: the spec, or the followed Service and its slices.
@@ -214,6 +229,8 @@ async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
             source,
         }
     };
+    // Reads too, a few at a time: every pass of a new leader starts at once.
+    let _permit = ctx.objects.permit().await;
     let svc = Api::<Service>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&r.name)
         .await
@@ -232,12 +249,10 @@ async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
     Ok(status::from_slices(&ns, r, &slices.items))
 }
 
-async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
-    let Some(lease) = *ctx.lease.borrow() else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    };
+async fn apply(obj: &EtcdRegistration, ctx: &Ctx, has_finalizer: bool) -> Result<Action> {
     let ns = obj.namespace().unwrap_or_default();
     let owner = desired::owner(&ctx.instance, &ns, &obj.name_any());
+    let me: Owner = (ns.clone(), obj.name_any());
     let prev = obj.status.clone().unwrap_or_default();
     let source = addresses(obj, ctx).await?;
     let want: Vec<DesiredKey> = match &source {
@@ -249,18 +264,51 @@ async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
         wanted: want.len(),
         ..Written::default()
     };
+    let keys: Vec<String> = want.iter().map(|d| d.key.clone()).collect();
+    let placed = ctx.leases.place(&me, &keys).await?;
+    let items: Vec<store::Item> = want
+        .iter()
+        .zip(&placed)
+        .map(|(d, (_, lease))| store::Item {
+            key: &d.key,
+            value: &d.value,
+            lease: *lease,
+        })
+        .collect();
+    let results = store::put_all(&mut etcd, &items, &owner, &ctx.metrics).await?;
+    let mut leases = BTreeSet::new();
     let mut put = 0;
-    for d in &want {
-        match store::put(&mut etcd, &d.key, &d.value, lease, &owner).await? {
-            Put::Conflict(who) => written.conflicts.push(format!("{} (held by {who})", d.key)),
+    for (i, result) in items.iter().zip(results) {
+        match result {
+            Put::LeaseGone => {
+                // Dropping the lease names this object (and the others on it) for a pass,
+                // which places its keys on a live lease.
+                ctx.leases.lost(i.lease, "etcd refused a Put with it").await;
+                return Err(Error::WriteBack {
+                    key: i.key.to_string(),
+                    reason: format!(
+                        "etcd no longer has lease {:x}; put again under another",
+                        i.lease
+                    ),
+                });
+            }
+            Put::Conflict(who) => {
+                ctx.leases.release(&me, i.key).await;
+                written.conflicts.push(format!("{} (held by {who})", i.key))
+            }
             Put::Written => {
                 ctx.metrics.etcd_write("put");
                 put += 1;
-                written.registered.push(d.key.clone());
+                leases.insert(i.lease);
+                written.registered.push(i.key.to_string());
             }
-            Put::Unchanged => written.registered.push(d.key.clone()),
+            Put::Unchanged => {
+                leases.insert(i.lease);
+                written.registered.push(i.key.to_string())
+            }
         }
     }
+    written.leases = leases.into_iter().collect();
     let wanted: BTreeSet<&str> = want.iter().map(|d| d.key.as_str()).collect();
     let mut deleted = 0;
     for stale in prev.keys.iter().filter(|k| !wanted.contains(k.as_str())) {
@@ -278,73 +326,28 @@ async fn apply(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
         );
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let next = status::status(
-        &source,
-        &written,
-        &prev,
-        obj.metadata.generation,
-        lease,
-        now,
-    );
-    if let Some(notes) = status::changes(&prev, &next) {
-        publish_status(obj, ctx, &next, &notes).await?;
+    let next = status::status(&source, &written, &prev, obj.metadata.generation, now);
+    let notes = status::changes(&prev, &next);
+    if has_finalizer && notes.is_none() {
+        return Ok(Action::requeue(BACKSTOP));
     }
-    // Changes that matter are watched (the object, a followed Service and its slices, keys
-    // leaving etcd, the lease); this pass is a backstop for anything missed.
-    Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-/// Records `notes` as Events and writes `status`.
-async fn publish_status(
-    obj: &EtcdRegistration,
-    ctx: &Ctx,
-    status: &EtcdRegistrationStatus,
-    notes: &[Note],
-) -> Result<()> {
-    for n in notes {
-        let type_ = if n.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        ctx.event(obj, type_, &n.reason, &n.message).await;
-    }
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<EtcdRegistration> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({
-        "apiVersion": "etcd-bridge.io/v1alpha1",
-        "kind": "EtcdRegistration",
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        context: format!(
-            "update the status of EtcdRegistration {ns}/{}",
-            obj.name_any()
-        ),
-        source,
-    })?;
-    Ok(())
-}
-
-impl Ctx {
-    async fn event(&self, obj: &EtcdRegistration, type_: EventType, reason: &str, note: &str) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Register".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, "could not publish an Event");
+    let _permit = ctx.objects.permit().await;
+    if !has_finalizer {
+        // The keys are in etcd before the finalizer is on the object: take them back unless it
+        // is, so that none outlives a deleted object.
+        let added = ctx.objects.add_finalizer(obj).await;
+        if !matches!(added, Ok(Finalizer::Added)) {
+            remove_keys(obj, ctx, &written.registered).await?;
+            return match added {
+                Ok(_) => Ok(Action::await_change()), // gone
+                Err(e) => Err(e),
+            };
         }
     }
+    if let Some(notes) = notes {
+        ctx.objects.publish_status(obj, &next, &notes).await?;
+    }
+    Ok(Action::requeue(BACKSTOP))
 }
 
 /// The object is being deleted: remove exactly the keys it owns.
@@ -360,18 +363,30 @@ async fn cleanup(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
                 .map(|d| d.key),
         );
     }
+    let keys: Vec<String> = keys.into_iter().collect();
+    remove_keys(obj, ctx, &keys).await?;
+    let _permit = ctx.objects.permit().await;
+    ctx.objects
+        .event(
+            obj,
+            EventType::Normal,
+            "Unregistered",
+            &format!("removed {} keys from etcd", keys.len()),
+        )
+        .await;
+    Ok(Action::await_change())
+}
+
+/// Deletes the object's `keys` that it owns, and frees their lease slots.
+async fn remove_keys(obj: &EtcdRegistration, ctx: &Ctx, keys: &[String]) -> Result<()> {
+    let ns = obj.namespace().unwrap_or_default();
+    let owner = desired::owner(&ctx.instance, &ns, &obj.name_any());
     let mut etcd = ctx.etcd.clone();
-    for k in &keys {
+    for k in keys {
         if store::delete(&mut etcd, k, &owner).await? {
             ctx.metrics.etcd_write("delete");
         }
     }
-    ctx.event(
-        obj,
-        EventType::Normal,
-        "Unregistered",
-        &format!("removed {} keys from etcd", keys.len()),
-    )
-    .await;
-    Ok(Action::await_change())
+    ctx.leases.forget(&(ns, obj.name_any())).await;
+    Ok(())
 }

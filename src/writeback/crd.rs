@@ -110,7 +110,8 @@ pub struct EtcdRegistrationStatus {
     /// How many addresses are registered.
     #[serde(default)]
     pub endpoints: i64,
-    /// The etcd lease the keys are attached to, in hex as etcdctl prints it.
+    /// The etcd leases the keys are attached to, in hex as etcdctl prints them, comma-separated
+    /// (a lease holds at most --writeback-keys-per-lease keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
 }

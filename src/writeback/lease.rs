@@ -1,44 +1,169 @@
-//! The etcd lease of this process. Every replica holds one, kept alive, so that a new leader
-//! can re-attach every key to its own lease at once, before the old leader's lease runs out.
-//! If the lease is lost (etcd restarted without its data, keepalive failed past the TTL), a new
-//! one is granted and published: the controller then puts every owned key again.
+//! The etcd leases of this process: as many as the lease pool asks for (at most N keys each, see
+//! `lease_pool`), each kept alive on one long-lived keepalive stream. Every replica grants its
+//! own, so a new leader re-attaches every key to its own leases at once, before the old leader's
+//! run out. A lease found gone (expired, or etcd restarted without its data) leaves the pool, and
+//! the objects whose keys were on it are named, so that only those are put again.
 
 use crate::backoff::Backoff;
-use crate::config::EtcdArgs;
+use crate::error::{Error, Result};
 use crate::etcd::cause::describe;
+use crate::metrics::Metrics;
+use crate::writeback::lease_pool::{LeasePool, NeedLeases};
+use etcd_client::Client;
+use futures::Stream;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// Grants and keeps alive a lease of `ttl` until `shutdown`; the receiver holds the current lease
-/// id (`None` while there is none). On shutdown the lease is NOT revoked: a successor re-puts the
-/// keys under its own lease, and without one they vanish within the TTL.
-pub fn spawn(
-    args: EtcdArgs,
-    ttl: Duration,
+/// An object that wants keys: (namespace, name).
+pub type Owner = (String, String);
+
+pub struct Leases {
+    etcd: Client,
+    ttl: i64,
+    pool: Mutex<LeasePool<Owner>>,
+    lost: mpsc::UnboundedSender<Owner>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> watch::Receiver<Option<i64>> {
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
-        let ttl_secs = ttl.as_secs().max(2) as i64;
+}
+
+impl Leases {
+    /// Leases of `ttl` holding at most `per_lease` keys each, kept alive until `shutdown`; and the
+    /// owners of the keys on each lease found lost. On shutdown no lease is revoked: a successor
+    /// re-puts the keys under its own, and without one they vanish within the TTL.
+    pub fn new(
+        etcd: Client,
+        ttl: Duration,
+        per_lease: usize,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> (Arc<Leases>, impl Stream<Item = Owner> + Send + 'static) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let leases = Arc::new(Leases {
+            etcd,
+            ttl: ttl.as_secs().max(2) as i64,
+            pool: Mutex::new(LeasePool::new(per_lease)),
+            lost: tx,
+            metrics,
+            shutdown,
+        });
+        let lost =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) });
+        (leases, lost)
+    }
+
+    /// `owner` now wants exactly `keys`: the lease each goes on, granting leases when every one
+    /// is full. The keys the owner no longer wants free their slots.
+    pub async fn place(
+        self: &Arc<Self>,
+        owner: &Owner,
+        keys: &[String],
+    ) -> Result<Vec<(String, i64)>> {
+        // One placement at a time: two reconciles short of room grant one lease, not two.
+        let mut pool = self.pool.lock().await;
+        loop {
+            match pool.place(owner, keys) {
+                Ok(placed) => return Ok(placed),
+                Err(NeedLeases(n)) => {
+                    for _ in 0..n {
+                        let id = self.grant(owner).await?;
+                        pool.add_lease(id);
+                        self.metrics.writeback_leases.set(pool.usage().len() as i64);
+                        tokio::spawn(self.clone().keep(id));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `owner` does not hold `key` (another registrant does): its slot is free.
+    pub async fn release(&self, owner: &Owner, key: &str) {
+        self.pool.lock().await.release(owner, key);
+    }
+
+    /// `owner` is gone: every slot it held is free.
+    pub async fn forget(&self, owner: &Owner) {
+        self.pool.lock().await.forget(owner);
+    }
+
+    /// This replica stopped writing (no longer the leader): the next leader moves every key to its
+    /// own leases, so ours are empty; they stay alive for when it writes again.
+    pub async fn forget_all(&self) {
+        self.pool.lock().await.forget_all();
+    }
+
+    /// etcd does not have lease `id` (a Put with it was refused): as when its keepalive finds it
+    /// gone, the objects whose keys were on it get a pass, and their keys a new lease.
+    pub async fn lost(&self, id: i64, why: &'static str) {
+        let owners = {
+            let mut pool = self.pool.lock().await;
+            if !pool.usage().iter().any(|(l, _)| *l == id) {
+                return; // already handled
+            }
+            let owners = pool.lose(id);
+            self.metrics.writeback_leases.set(pool.usage().len() as i64);
+            owners
+        };
+        self.metrics.writeback_leases_lost.inc();
+        tracing::warn!(lease = %format!("{id:x}"), objects = owners.len(), "etcd lease {id:x} is gone ({why}); its keys are put again under another");
+        for o in owners {
+            // The controller is gone only at shutdown.
+            let _ = self.lost.send(o);
+        }
+    }
+
+    async fn grant(&self, owner: &Owner) -> Result<i64> {
+        let id = self
+            .etcd
+            .clone()
+            .lease_grant(self.ttl, None)
+            .await
+            .map_err(|e| Error::WriteBack {
+                key: format!("{}/{}", owner.0, owner.1),
+                reason: format!(
+                    "grant an etcd lease: {}; the object is retried",
+                    describe(&e)
+                ),
+            })?
+            .id();
+        tracing::info!(lease = %format!("{id:x}"), ttl = self.ttl, "granted an etcd lease for written-back registrations");
+        Ok(id)
+    }
+
+    /// Keeps lease `id` alive until shutdown or until it is found lost, in sessions of one
+    /// keepalive stream each; a session ends only when that stream fails.
+    async fn keep(self: Arc<Self>, id: i64) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut lease: Option<i64> = None;
+        let mut after_break = false;
         loop {
             let mut kept_alive = false;
             let ended = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                e = keep(&args, ttl_secs, &mut lease, &tx, &mut kept_alive) => e,
+                _ = self.shutdown.cancelled() => return,
+                e = session(self.etcd.clone(), id, self.ttl, after_break, &mut kept_alive) => e,
             };
-            let Err(error) = ended;
-            let wait = retry_after(&mut backoff, kept_alive);
-            tracing::warn!(%error, retry_in = ?wait, "etcd lease keepalive failed; registrations stay until the lease's TTL runs out");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            after_break = true;
+            match ended {
+                Ended::Lost(why) => return self.lost(id, why).await,
+                Ended::Failed(error) => {
+                    let wait = retry_after(&mut backoff, kept_alive);
+                    tracing::warn!(lease = %format!("{id:x}"), %error, retry_in = ?wait, "etcd lease keepalive failed; registrations stay until the lease's TTL runs out");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
             }
         }
-    });
-    rx
+    }
+}
+
+/// How a keepalive session ended.
+enum Ended {
+    /// etcd no longer has the lease; why.
+    Lost(&'static str),
+    /// The stream broke; the lease may still be there.
+    Failed(String),
 }
 
 /// The wait before the next session. A session that kept the lease alive proves etcd answered,
@@ -51,57 +176,44 @@ fn retry_after(backoff: &mut Backoff, kept_alive: bool) -> Duration {
     backoff.next_delay()
 }
 
-/// One session: reuse the lease if etcd still has it, else grant a new one; then keep it alive
-/// until something fails (the only way it ends), setting `kept_alive` once etcd has renewed it.
-async fn keep(
-    args: &EtcdArgs,
+/// One session: after a break, whether etcd still has the lease; then one keepalive stream,
+/// renewed every third of the TTL until it fails, setting `kept_alive` once etcd renewed it.
+async fn session(
+    mut etcd: Client,
+    id: i64,
     ttl: i64,
-    lease: &mut Option<i64>,
-    tx: &watch::Sender<Option<i64>>,
+    after_break: bool,
     kept_alive: &mut bool,
-) -> Result<std::convert::Infallible, String> {
-    let mut client = crate::etcd::connect(args)
-        .await
-        .map_err(|e| e.to_string())?;
-    let alive = match *lease {
-        Some(id) => client
-            .lease_time_to_live(id, None)
-            .await
-            .map(|r| r.ttl() > 0)
-            .unwrap_or(false),
-        None => false,
-    };
-    if !alive {
-        let id = client
-            .lease_grant(ttl, None)
-            .await
-            .map_err(|e| format!("grant an etcd lease: {}", describe(&e)))?
-            .id();
-        tracing::info!(lease = %format!("{id:x}"), ttl, "granted the etcd lease for written-back registrations");
-        *lease = Some(id);
-        // A new lease: every owned key must be put again under it.
-        let _ = tx.send(Some(id));
+) -> Ended {
+    let failed =
+        |what: &str, e: etcd_client::Error| Ended::Failed(format!("{what}: {}", describe(&e)));
+    if after_break {
+        // etcd answers TTL -1 for a lease it does not have.
+        match etcd.lease_time_to_live(id, None).await {
+            Ok(r) if r.ttl() <= 0 => {
+                return Ended::Lost("etcd no longer has it: expired, or etcd lost its data");
+            }
+            Ok(_) => {}
+            Err(e) => return failed("read the etcd lease", e),
+        }
     }
-    let id = lease.expect("set above");
-    let (mut keeper, mut responses) = client
-        .lease_keep_alive(id)
-        .await
-        .map_err(|e| format!("keep the etcd lease alive: {}", describe(&e)))?;
+    let (mut keeper, mut responses) = match etcd.lease_keep_alive(id).await {
+        Ok(pair) => pair,
+        Err(e) => return failed("keep the etcd lease alive", e),
+    };
     let period = Duration::from_secs((ttl as u64 / 3).max(1));
     loop {
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| format!("keep the etcd lease alive: {}", describe(&e)))?;
+        if let Err(e) = keeper.keep_alive().await {
+            return failed("keep the etcd lease alive", e);
+        }
         match responses.message().await {
             Ok(Some(r)) if r.ttl() > 0 => *kept_alive = true,
-            Ok(_) => {
-                *lease = None;
-                return Err(format!(
-                    "etcd lease {id:x} is gone (expired or etcd lost it); granting a new one"
-                ));
+            // etcd answers a keepalive of a lease it does not have with TTL 0.
+            Ok(Some(_)) => {
+                return Ended::Lost("etcd renewed it with TTL 0: expired, or etcd lost its data");
             }
-            Err(e) => return Err(format!("keep the etcd lease alive: {}", describe(&e))),
+            Ok(None) => return Ended::Failed("etcd closed the keepalive stream".into()),
+            Err(e) => return failed("keep the etcd lease alive", e),
         }
         tokio::time::sleep(period).await;
     }

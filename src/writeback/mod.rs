@@ -4,10 +4,13 @@
 //! - `crd`: the custom resource; `policy`: who may publish what; `desired`: the keys an object asks
 //!   for; `status`: what its status reports and which Events tell of it; `triggers`: which
 //!   objects a change elsewhere concerns (all pure).
-//! - `lease`: the etcd lease of this process, kept alive and replaced when lost.
+//! - `lease_pool`: which etcd lease each key goes on, at most N keys per lease (pure).
+//! - `lease`: the etcd leases of this process, each kept alive on one stream; a lost one names
+//!   the objects whose keys were on it.
 //! - `store`: compare-and-put / compare-and-delete transactions that never touch a key another
 //!   owner holds.
 //! - `freed`: the watch on keys leaving etcd under the write-back prefix.
+//! - `object`: writes to the objects (finalizer, status, Events), a few at a time.
 //! - `controller`: the kube-runtime controller that ties them together (leader only).
 
 pub mod controller;
@@ -15,6 +18,8 @@ pub mod crd;
 pub mod desired;
 pub mod freed;
 pub mod lease;
+pub mod lease_pool;
+pub mod object;
 pub mod policy;
 pub mod status;
 pub mod store;

@@ -98,22 +98,24 @@ pub fn from_slices(namespace: &str, r: &ServiceRef, slices: &[EndpointSlice]) ->
 pub struct Written {
     /// How many keys the object asks for.
     pub wanted: usize,
-    /// The keys now in etcd under the current lease, in order.
+    /// The keys now in etcd under one of this process's leases, in order.
     pub registered: Vec<String>,
+    /// The leases those keys are on, in order.
+    pub leases: Vec<i64>,
     /// `key (held by OWNER)` for each key another registrant holds.
     pub conflicts: Vec<String>,
 }
 
 /// The status to report: conditions Ready, Conflict and Denied (keeping each one's transition
-/// time while its status holds), the registered keys and the lease.
+/// time while its status holds), the registered keys and their leases.
 pub fn status(
     source: &Source,
     written: &Written,
     prev: &EtcdRegistrationStatus,
     generation: Option<i64>,
-    lease: i64,
     now: Time,
 ) -> EtcdRegistrationStatus {
+    let leases = lease_ids(&written.leases);
     let c = |t: &str, s: bool, r: &str, m: String| {
         condition(&prev.conditions, t, s, r, m, generation, now.clone())
     };
@@ -156,8 +158,10 @@ pub fn status(
                 true,
                 "Registered",
                 format!(
-                    "{} keys registered under lease {lease:x}",
-                    written.registered.len()
+                    "{} keys registered under lease{} {}",
+                    written.registered.len(),
+                    if written.leases.len() > 1 { "s" } else { "" },
+                    leases.as_deref().unwrap_or("-")
                 ),
             ),
             no_conflict(),
@@ -168,8 +172,19 @@ pub fn status(
         conditions: vec![ready, conflict, denied],
         endpoints: written.registered.len() as i64,
         keys: written.registered.clone(),
-        lease_id: Some(format!("{lease:x}")),
+        lease_id: leases,
     }
+}
+
+/// The leases in hex as etcdctl prints them, comma-separated; `None` for none.
+fn lease_ids(leases: &[i64]) -> Option<String> {
+    (!leases.is_empty()).then(|| {
+        leases
+            .iter()
+            .map(|l| format!("{l:x}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 /// An Event to record on the object.
@@ -352,6 +367,7 @@ mod tests {
         let written = Written {
             wanted: 2,
             registered: vec!["/a/10.0.0.2:1".into()],
+            leases: vec![0xab],
             conflicts: vec!["/a/10.0.0.1:1 (held by x)".into()],
         };
         let s = status(
@@ -359,7 +375,6 @@ mod tests {
             &written,
             &Default::default(),
             Some(3),
-            0xab,
             at(1),
         );
         assert_eq!(
@@ -396,11 +411,11 @@ mod tests {
             &Written {
                 wanted: 1,
                 registered: vec!["/a/10.0.0.1:1".into()],
+                leases: vec![1],
                 conflicts: vec![],
             },
             &Default::default(),
             Some(1),
-            1,
             at(1),
         );
         assert_eq!(said(&prev)[0], triple("Ready", "True", "Registered"));
@@ -408,7 +423,7 @@ mod tests {
             "ServiceNotFound",
             "Service ns/api does not exist (yet)".into(),
         );
-        let next = status(&gone, &Written::default(), &prev, Some(1), 1, at(2));
+        let next = status(&gone, &Written::default(), &prev, Some(1), at(2));
         assert_eq!(
             said(&next),
             [
@@ -440,7 +455,6 @@ mod tests {
             &Written::default(),
             &Default::default(),
             None,
-            1,
             at(1),
         );
         assert_eq!(
@@ -468,20 +482,55 @@ mod tests {
         let written = Written {
             wanted: 1,
             registered: vec!["/a/10.0.0.1:1".into()],
+            leases: vec![1],
             conflicts: vec![],
         };
-        let first = status(&src, &written, &Default::default(), Some(1), 1, at(1));
-        let again = status(&src, &written, &first, Some(1), 1, at(9));
+        let first = status(&src, &written, &Default::default(), Some(1), at(1));
+        let again = status(&src, &written, &first, Some(1), at(9));
         assert_eq!(changes(&first, &again), None);
         // A new lease, or a new generation, is written; with no Event when no condition changed.
-        let relet = status(&src, &written, &first, Some(1), 2, at(9));
+        let relet = Written {
+            leases: vec![2],
+            ..written.clone()
+        };
+        let relet = status(&src, &relet, &first, Some(1), at(9));
         assert_eq!(
             changes(&first, &relet),
             Some(vec![]),
             "Ready's message names the lease"
         );
-        let next_gen = status(&src, &written, &first, Some(2), 1, at(9));
+        let next_gen = status(&src, &written, &first, Some(2), at(9));
         assert_eq!(changes(&first, &next_gen), Some(vec![]));
+    }
+
+    #[test]
+    fn keys_on_several_leases_name_them_all() {
+        let written = Written {
+            wanted: 3,
+            registered: vec!["/a/1:1".into(), "/a/2:1".into(), "/a/3:1".into()],
+            leases: vec![0x1a, 0x2b],
+            conflicts: vec![],
+        };
+        let s = status(
+            &Source::Addresses(vec![]),
+            &written,
+            &Default::default(),
+            Some(1),
+            at(1),
+        );
+        assert_eq!(s.lease_id.as_deref(), Some("1a,2b"));
+        assert_eq!(
+            s.conditions[0].message,
+            "3 keys registered under leases 1a,2b"
+        );
+        let none = status(
+            &Source::NotReady("NoSource", "none".into()),
+            &Written::default(),
+            &s,
+            Some(1),
+            at(2),
+        );
+        assert_eq!(none.lease_id, None, "no key, no lease");
     }
 
     #[test]
