@@ -47,19 +47,17 @@ impl Report {
             if groups.is_empty() {
                 continue;
             }
-            let wanted = Wanted {
-                target: target.clone(),
-                groups,
-            };
+            let wanted = Wanted::new(target.clone(), groups);
             let Decision::Converge {
                 service: ServiceStep::Apply(svc),
                 groups,
+                health,
                 ..
             } = plan::decide(name, Some(&wanted), None, &[], false, cfg)
             else {
                 unreachable!("with nothing in the cluster, a wanted Service is always applied")
             };
-            let slices = plan::slice_changes(name, &groups, &[], None, cfg)
+            let slices = plan::slice_changes(name, &groups, &health.unhealthy, &[], None, cfg)
                 .into_iter()
                 .filter_map(|c| match c {
                     SliceChange::Apply(s) => Some(s),

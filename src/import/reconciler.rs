@@ -399,10 +399,7 @@ impl Reconciler {
     fn wanted(&self, name: &str) -> Option<Wanted> {
         let target = self.by_name.get(name)?;
         let groups = projection::group(self.snapshot.registrations(target));
-        (!groups.is_empty()).then(|| Wanted {
-            target: target.clone(),
-            groups,
-        })
+        (!groups.is_empty()).then(|| Wanted::new(target.clone(), groups))
     }
 
     fn current_slices(writer: &Writer, name: &str) -> Vec<SlicePlan> {
@@ -588,6 +585,7 @@ impl Reconciler {
                 recreate,
                 service,
                 groups,
+                health,
             } => {
                 let mut wrote = false;
                 if let Some(old) = recreate {
@@ -604,7 +602,14 @@ impl Reconciler {
                 };
                 self.note_clamped(name, &groups);
                 let owner = plan::owner_reference(&svc);
-                for change in plan::slice_changes(name, &groups, &actual, Some(&owner), &self.cfg) {
+                for change in plan::slice_changes(
+                    name,
+                    &groups,
+                    &health.unhealthy,
+                    &actual,
+                    Some(&owner),
+                    &self.cfg,
+                ) {
                     wrote = true;
                     match change {
                         SliceChange::Apply(s) => writer.apply_slice(&s).await?,
