@@ -37,6 +37,19 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// How a probe ended: `serving`, `not_serving`, `service_unknown`, `unreachable`,
+    /// `timed_out` or `error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthStateLabels {
+    /// `unknown` (no verdict yet), `serving` or `not_serving`.
+    pub state: &'static str,
+}
+
 /// Every metric of the bridge. Cheap to clone handles are shared by the tasks that update them.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +68,11 @@ pub struct Metrics {
     pub etcd_connected: Gauge,
     pub held_deletions: Gauge,
     pub weights_clamped: Counter,
+    pub probes: Family<OutcomeLabels, Counter>,
+    pub probe_latency: Histogram,
+    pub probed_endpoints: Family<HealthStateLabels, Gauge>,
+    pub panic_activations: Counter,
+    pub services_in_panic: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,6 +95,12 @@ impl Default for Metrics {
             etcd_connected: Gauge::default(),
             held_deletions: Gauge::default(),
             weights_clamped: Counter::default(),
+            probes: Family::default(),
+            // 0.25 ms .. ~4 s.
+            probe_latency: Histogram::new(exponential_buckets(0.00025, 2.0, 15)),
+            probed_endpoints: Family::default(),
+            panic_activations: Counter::default(),
+            services_in_panic: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +173,31 @@ impl Default for Metrics {
             "weights_clamped",
             "Services with a weight above 65535, written to service.cilium.io/weight as 65535 (counted once per Service)",
             m.weights_clamped.clone(),
+        );
+        registry.register(
+            "probes",
+            "Health checks of imported endpoints, by outcome",
+            m.probes.clone(),
+        );
+        registry.register(
+            "probe_duration_seconds",
+            "How long one health check took (a timed-out check takes the timeout)",
+            m.probe_latency.clone(),
+        );
+        registry.register(
+            "probed_endpoints",
+            "Endpoints the leader probes, by health state",
+            m.probed_endpoints.clone(),
+        );
+        registry.register(
+            "panic_guard_activations",
+            "Times a Service had more than the panic threshold of its endpoints fail their health checks, so all were kept ready",
+            m.panic_activations.clone(),
+        );
+        registry.register(
+            "panic_guard_services",
+            "Services whose endpoints the panic guard keeps ready now",
+            m.services_in_panic.clone(),
         );
         Metrics { registry, ..m }
     }

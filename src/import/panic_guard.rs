@@ -15,6 +15,16 @@ pub struct Panic {
     pub total: usize,
 }
 
+impl Panic {
+    /// What the Event on the Service says.
+    pub fn note(&self) -> String {
+        format!(
+            "{} of {} endpoints fail their health checks, more than the panic threshold: all are kept ready (a partition on the bridge's side must not empty the Service)",
+            self.failing, self.total
+        )
+    }
+}
+
 /// What a Service shows: the endpoints written as not serving, and whether the guard holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdict {
