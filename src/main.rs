@@ -239,7 +239,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn preview_cmd(args: PreviewArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
     args.projection.validate()?;
-    let report = preview::preview(&args.etcd, &args.projection).await?;
+    let report = preview::preview(&args.etcd, &args.projection, &args.probe).await?;
     match args.output {
         PreviewOutput::Table => print!("{}", report.table()),
         PreviewOutput::Json => println!("{}", serde_json::to_string_pretty(&report.objects())?),
