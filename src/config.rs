@@ -222,7 +222,7 @@ pub struct ProbeArgs {
     /// every service under it; anything else is a glob (`*`, `?`) on the registered service
     /// name. Repeat, or comma-separate. `--probe` alone probes every service.
     #[arg(
-        id = "probe", long = "probe",
+        id = "probe", value_name = "PREFIX_OR_GLOB", long = "probe",
         env = "ETCD_BRIDGE_PROBE",
         value_delimiter = ',',
         num_args = 0..=1,
@@ -248,25 +248,25 @@ pub struct ProbeArgs {
     )]
     pub service: String,
     /// How often each endpoint is probed.
-    #[arg(id = "probe_interval", long = "probe-interval", env = "ETCD_BRIDGE_PROBE_INTERVAL", value_parser = humantime, default_value = "5s")]
+    #[arg(id = "probe_interval", value_name = "DURATION", long = "probe-interval", env = "ETCD_BRIDGE_PROBE_INTERVAL", value_parser = humantime, default_value = "5s")]
     pub interval: Duration,
     /// How long one probe may take (at most the interval).
-    #[arg(id = "probe_timeout", long = "probe-timeout", env = "ETCD_BRIDGE_PROBE_TIMEOUT", value_parser = humantime, default_value = "1s")]
+    #[arg(id = "probe_timeout", value_name = "DURATION", long = "probe-timeout", env = "ETCD_BRIDGE_PROBE_TIMEOUT", value_parser = humantime, default_value = "1s")]
     pub timeout: Duration,
     /// Consecutive failed probes (unreachable, timed out, an RPC error) before an endpoint is
     /// not ready. An answer of NOT_SERVING counts at once.
-    #[arg(id = "probe_failure_threshold", long = "probe-failure-threshold", env = "ETCD_BRIDGE_PROBE_FAILURE_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(id = "probe_failure_threshold", value_name = "N", long = "probe-failure-threshold", env = "ETCD_BRIDGE_PROBE_FAILURE_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub failure_threshold: u32,
     /// Consecutive SERVING answers before a failed endpoint is ready again.
-    #[arg(id = "probe_success_threshold", long = "probe-success-threshold", env = "ETCD_BRIDGE_PROBE_SUCCESS_THRESHOLD", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(id = "probe_success_threshold", value_name = "N", long = "probe-success-threshold", env = "ETCD_BRIDGE_PROBE_SUCCESS_THRESHOLD", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub success_threshold: u32,
     /// Each endpoint's period varies by up to this share of the interval, and endpoints start at
     /// phases spread over one interval, so probes do not fire in step.
-    #[arg(id = "probe_jitter", long = "probe-jitter", env = "ETCD_BRIDGE_PROBE_JITTER", default_value_t = 0.1, value_parser = ratio)]
+    #[arg(id = "probe_jitter", value_name = "SHARE", long = "probe-jitter", env = "ETCD_BRIDGE_PROBE_JITTER", default_value_t = 0.1, value_parser = ratio)]
     pub jitter: f64,
     /// Panic guard: when more than this share of a Service's endpoints fail their checks at
     /// once, all of them are kept ready (and it is reported). 1 turns the guard off.
-    #[arg(id = "probe_panic_threshold", long = "probe-panic-threshold", env = "ETCD_BRIDGE_PROBE_PANIC_THRESHOLD", default_value_t = 0.5, value_parser = ratio)]
+    #[arg(id = "probe_panic_threshold", value_name = "SHARE", long = "probe-panic-threshold", env = "ETCD_BRIDGE_PROBE_PANIC_THRESHOLD", default_value_t = 0.5, value_parser = ratio)]
     pub panic_threshold: f64,
 }
 
