@@ -5,18 +5,16 @@
 //! slices show.
 //!
 //! Traffic stays on this machine: the servers listen on addresses this test assigns inside a
-//! network namespace it creates (`ip netns add`, a veth pair, 10.231.N.0/24), and every address
-//! registered is one of them. The bridge is stopped before the namespace is removed (locals drop
+//! network namespace it creates (`ip netns add`, a veth pair, 10.231.N.0/24: the test bed's
+//! `netns`), and every address registered is one of them. The bridge is stopped before the namespace is removed (locals drop
 //! in reverse order), so it never probes an address nothing here owns.
 
 mod common;
 
 use common::*;
-use sha2::{Digest, Sha256};
+use etcd_bridge_testbed::netns::{Netns, healthserver};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -32,165 +30,13 @@ const PROBE_FLAGS: &[&str] = &[
 ];
 
 // ---------------------------------------------------------------------------------------------
-// The network namespace
+// The servers
 
-/// Runs `ip args...`; the error names the command and what it said.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("run `ip {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "`ip {}` failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
-}
-
-/// A network namespace `ebh-N` joined to the host by a veth pair: the host side is 10.231.N.1/24
-/// (the bridge's route to the servers), and the servers' addresses are added inside.
-struct Netns {
-    name: String,
-    host_if: String,
-    n: u8,
-}
-
-impl Netns {
-    /// Claims a free N (the namespace name is the lock: `ip netns add` fails if it exists).
-    fn create() -> Netns {
-        for n in 1..=250u8 {
-            let subnet = format!("10.231.{n}.0/24");
-            let routed = Command::new("ip")
-                .args(["-4", "route", "show", &subnet])
-                .output()
-                .map(|o| !o.stdout.is_empty())
-                .unwrap_or(true);
-            if routed {
-                continue;
-            }
-            let name = format!("ebh-{n}");
-            match ip(&["netns", "add", &name]) {
-                Ok(()) => {}
-                Err(e) if e.contains("exists") => continue,
-                Err(e) => panic!("cannot create a network namespace for the health servers: {e}"),
-            }
-            let ns = Netns {
-                host_if: format!("ebh{n}h"),
-                name,
-                n,
-            };
-            ns.wire()
-                .unwrap_or_else(|e| panic!("cannot wire network namespace {}: {e}", ns.name));
-            return ns;
-        }
-        panic!("no free 10.231.N.0/24 for a network namespace (ebh-1..250 all taken)");
-    }
-
-    fn wire(&self) -> Result<(), String> {
-        let peer = format!("ebh{}n", self.n);
-        let host_ip = format!("10.231.{}.1/24", self.n);
-        ip(&[
-            "link",
-            "add",
-            &self.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ])?;
-        ip(&["link", "set", &peer, "netns", &self.name])?;
-        ip(&["addr", "add", &host_ip, "dev", &self.host_if])?;
-        ip(&["link", "set", &self.host_if, "up"])?;
-        ip(&["-n", &self.name, "link", "set", "lo", "up"])?;
-        ip(&["-n", &self.name, "link", "set", &peer, "up"])
-    }
-
-    /// Assigns the `i`th server address inside the namespace and returns it.
-    fn address(&self, i: u8) -> String {
-        let addr = format!("10.231.{}.{}", self.n, 10 + i);
-        let peer = format!("ebh{}n", self.n);
-        ip(&[
-            "-n",
-            &self.name,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &peer,
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-        addr
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting one end of the veth pair deletes both.
-        for args in [
-            vec!["link", "del", self.host_if.as_str()],
-            vec!["netns", "del", self.name.as_str()],
-        ] {
-            if let Err(e) = ip(&args) {
-                eprintln!("cleaning up: {e}");
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The Go health server
-
-/// `tests/go/cmd/healthserver`, built once into `~/.cache/etcd-bridge/seedgo/health-{hash}/`.
-fn healthserver() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(build_healthserver) {
-        Ok(p) => p,
-        Err(e) => panic!("tests/go/cmd/healthserver could not be built (no skipping):\n{e}"),
-    }
-}
-
-fn build_healthserver() -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go");
-    let mut h = Sha256::new();
-    for f in ["cmd/healthserver/main.go", "go.mod", "go.sum"] {
-        h.update(std::fs::read(src.join(f)).map_err(|e| format!("read {f}: {e}"))?);
-    }
-    let hash: String = h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let cache = std::env::var_os("ETCD_BRIDGE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/etcd-bridge")))
-        .ok_or("neither ETCD_BRIDGE_CACHE nor HOME is set: nowhere to cache the Go binary")?;
-    let out = cache.join("seedgo").join(format!("health-{hash}"));
-    let bin = out.join("healthserver");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    // A private name, renamed into place when complete: concurrent builds never see half a file.
-    let tmp = bin.with_extension(format!("tmp{}", std::process::id()));
-    let built = Command::new("go")
-        .args(["build", "-trimpath", "-buildvcs=false", "-o"])
-        .arg(&tmp)
-        .arg("./cmd/healthserver")
-        .current_dir(&src)
-        .output()
-        .map_err(|e| format!("run `go build` (is Go installed and on PATH?): {e}"))?;
-    if !built.status.success() {
-        return Err(format!(
-            "go build ./cmd/healthserver failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        ));
-    }
-    std::fs::rename(&tmp, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
-    Ok(bin)
+/// A network namespace with `n` server addresses assigned; fails the test if the sandbox refuses.
+fn netns(n: u32) -> (Netns, Vec<String>) {
+    let ns = Netns::create(n).unwrap_or_else(|e| panic!("{e}"));
+    let addrs = ns.assign(n).unwrap_or_else(|e| panic!("{e}"));
+    (ns, addrs.iter().map(|a| a.to_string()).collect())
 }
 
 /// A health server inside the namespace, listening on `ip`:[`PORT`].
@@ -205,13 +51,10 @@ impl Server {
             .bed
             .dir
             .join(format!("healthserver-{}-{ip}.log", scope.namespace));
-        let args: Vec<String> = vec![
-            "netns".into(),
-            "exec".into(),
-            ns.name.clone(),
-            healthserver().display().to_string(),
-            format!("-listen={ip}:{PORT}"),
-        ];
+        let bin = healthserver().unwrap_or_else(|e| {
+            panic!("tests/go/cmd/healthserver could not be built (no skipping):\n{e}")
+        });
+        let args = ns.exec_args(bin, &[format!("-listen={ip}:{PORT}")]);
         // `ip netns exec` execs the server: the pid is the server's, so signals reach it.
         let mut proc = Proc::spawn("healthserver", Path::new("ip"), &args, &log)
             .unwrap_or_else(|e| panic!("start a health server: {e}"));
@@ -299,9 +142,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test]
 async fn slice_conditions_follow_the_servers_health_one_write_per_change() {
     let scope = Scope::new("health");
-    let ns = Netns::create();
-    let mut servers: Vec<Server> = (1..=5)
-        .map(|i| Server::start(&scope, &ns, &ns.address(i)))
+    let (ns, ips) = netns(5);
+    let mut servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
         .collect();
     let mut etcd = scope.etcd().await;
     for (i, s) in servers.iter().enumerate() {
@@ -322,7 +166,6 @@ async fn slice_conditions_follow_the_servers_health_one_write_per_change() {
     let mut bridge = scope.bridge(&kubeconfig, PROBE_FLAGS);
     bridge.ready(WAIT).await;
     let apis = Apis::new(scope.kube().await, &scope.namespace);
-    let ips: Vec<String> = servers.iter().map(|s| s.ip.clone()).collect();
     let all = |changed: &[(usize, Flags)]| -> Vec<(&str, Flags)> {
         (0..5)
             .map(|i| {
@@ -405,9 +248,10 @@ async fn slice_conditions_follow_the_servers_health_one_write_per_change() {
 #[tokio::test]
 async fn the_panic_guard_keeps_a_service_ready_when_most_servers_stop_at_once() {
     let scope = Scope::new("health-panic");
-    let ns = Netns::create();
-    let servers: Vec<Server> = (1..=4)
-        .map(|i| Server::start(&scope, &ns, &ns.address(i)))
+    let (ns, ips) = netns(4);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
         .collect();
     let mut etcd = scope.etcd().await;
     for s in &servers {
@@ -473,9 +317,10 @@ async fn the_panic_guard_keeps_a_service_ready_when_most_servers_stop_at_once() 
 #[tokio::test]
 async fn a_restarted_bridge_keeps_a_failed_endpoint_not_ready() {
     let scope = Scope::new("health-restart");
-    let ns = Netns::create();
-    let servers: Vec<Server> = (1..=3)
-        .map(|i| Server::start(&scope, &ns, &ns.address(i)))
+    let (ns, ips) = netns(3);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
         .collect();
     let mut etcd = scope.etcd().await;
     for s in &servers {

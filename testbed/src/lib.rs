@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod control_plane;
 pub mod etcd;
 pub mod metrics;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod seed;
