@@ -15,6 +15,7 @@ pub mod go;
 pub mod grpc_tools;
 pub mod kube_proxy;
 pub mod metrics;
+pub mod netns;
 pub mod node;
 pub mod node_cgroups;
 pub mod node_config;
