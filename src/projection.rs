@@ -206,6 +206,9 @@ pub fn slice(
         labels::SLICE_MANAGED_BY.to_owned(),
         labels::SLICE_MANAGED_BY_VALUE.to_owned(),
     );
+    if cfg.headless {
+        labels.insert(labels::HEADLESS.to_owned(), String::new());
+    }
     let mut annotations = BTreeMap::from([(
         labels::ANNOTATION_WEIGHT.to_owned(),
         group.weight.to_string(),
@@ -430,6 +433,23 @@ mod tests {
                 "ports": [{"name": "grpc-50051", "port": 50051, "protocol": "TCP"}],
             })
         );
+    }
+
+    #[test]
+    fn slices_of_headless_services_say_so_for_kube_proxy() {
+        let ip: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
+        let g = key(AddressType::IPv4, 80, 1);
+        let labels = |headless| {
+            slice("s", "s-0", &g, &ip, &Unhealthy::new(), &cfg(headless))
+                .metadata
+                .labels
+                .unwrap()
+        };
+        assert_eq!(
+            labels(true).get(labels::HEADLESS).map(String::as_str),
+            Some("")
+        );
+        assert!(!labels(false).contains_key(labels::HEADLESS));
     }
 
     #[test]
