@@ -74,7 +74,7 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     );
-    forget_when_not_leading(leases.clone(), leader.clone());
+    forget_when_not_leading(leases.clone(), leader.clone(), shutdown.clone());
     let ctx = Arc::new(Ctx {
         objects: Objects::new(client.clone(), args.concurrency.into()),
         client: client.clone(),
@@ -165,13 +165,25 @@ async fn connect_until_up(
 }
 
 /// A replica that stops leading stops writing: its leases keep no keys (the new leader moves
-/// them to its own), so their slots are free when it leads again.
-fn forget_when_not_leading(leases: Arc<Leases>, mut leader: watch::Receiver<bool>) {
+/// them to its own), so their slots are free when it leads again. Ends with `shutdown`: a task
+/// still holding a leadership receiver would keep the Lease from being released on SIGTERM.
+fn forget_when_not_leading(
+    leases: Arc<Leases>,
+    mut leader: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
-        while leader.changed().await.is_ok() {
-            let leading = *leader.borrow_and_update();
-            if !leading {
-                leases.forget_all().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !*leader.borrow_and_update() {
+                        leases.forget_all().await;
+                    }
+                }
             }
         }
     });
