@@ -2,8 +2,9 @@
 //!
 //! Starts a registry etcd and a Kubernetes control plane on loopback, runs the bridge, registers
 //! a few gRPC services the way the seed's Go `Register` does (a lease kept alive, one key each),
-//! and prints `kubectl get services,endpointslices`. `--once` exits after printing (the tests run
-//! it so); otherwise it keeps running until Ctrl-C.
+//! and prints `kubectl get services,endpointslices`. Then the other way: it installs the
+//! EtcdRegistration CRD, creates one, and prints the key and value the bridge wrote to etcd.
+//! `--once` exits after printing (the tests run it so); otherwise it keeps running until Ctrl-C.
 
 use etcd_bridge_testbed::TestBed;
 use etcd_bridge_testbed::bridge::BridgeTarget;
@@ -45,6 +46,16 @@ async fn main() {
         bed.registry.endpoint(),
         bed.cluster.server_url()
     );
+
+    step("installing the EtcdRegistration CRD (generated from the Rust types)");
+    let crd = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crds/etcdregistrations.etcd-bridge.io.yaml"),
+    )
+    .expect("read crds/etcdregistrations.etcd-bridge.io.yaml");
+    bed.cluster
+        .install_crd(&crd, "etcdregistrations.etcd-bridge.io")
+        .unwrap_or_else(|e| panic!("{e}"));
 
     step("starting etcd-bridge run");
     let http = free_port();
@@ -133,6 +144,38 @@ async fn main() {
         "-o",
         "custom-columns=SLICE:.metadata.name,SERVICE:.metadata.labels.kubernetes\\.io/service-name,WEIGHT:.metadata.annotations.etcd-bridge\\.io/weight,ADDRESSES:.endpoints[*].addresses[0]",
     ]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("write-back: an EtcdRegistration becomes a key in etcd, in the seed's format");
+    let registration = "apiVersion: etcd-bridge.io/v1alpha1\nkind: EtcdRegistration\nmetadata: {name: checkout, namespace: default}\nspec: {service: checkout, version: v1, weight: 2, addresses: [\"10.30.0.1:8443\"]}\n";
+    print!("{registration}");
+    let out = bed
+        .cluster
+        .kubectl_stdin(&["apply", "-f", "-"], registration);
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = seed_key("/", "checkout", "v1", "10.30.0.1:8443");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        let got = etcd.get(key.as_str(), None).await.expect("etcd get");
+        if let Some(kv) = got.kvs().first() {
+            break String::from_utf8_lossy(kv.value()).into_owned();
+        }
+        if !bridge.is_running() || Instant::now() > deadline {
+            panic!(
+                "the bridge did not write the registration back\n{}",
+                bridge.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("    etcd has {key}\n    = {value}");
+    let out = bed
+        .cluster
+        .kubectl(&["get", "etcdregistrations", "-n", "default"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
     if once {

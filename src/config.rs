@@ -160,6 +160,8 @@ pub struct RunArgs {
     pub delete_confirm_delay: Duration,
     #[command(flatten)]
     pub writeback: WritebackArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// Log format.
     #[arg(
         long,
@@ -222,12 +224,110 @@ pub struct WritebackArgs {
     pub import_own: bool,
 }
 
+/// Active health checks of imported endpoints. Off unless `--probe` names something.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Probe the endpoints of these registrations: a watched `--prefix` (ends with `/`) probes
+    /// every service under it; anything else is a glob (`*`, `?`) on the registered service
+    /// name. Repeat, or comma-separate. `--probe` alone probes every service.
+    #[arg(
+        id = "probe", value_name = "PREFIX_OR_GLOB", long = "probe",
+        env = "ETCD_BRIDGE_PROBE",
+        value_delimiter = ',',
+        num_args = 0..=1,
+        default_missing_value = "*"
+    )]
+    pub select: Vec<String>,
+    /// `grpc`: `grpc.health.v1.Health/Check`; `tcp`: a TCP connect (for servers without the
+    /// health service; it cannot tell a wedged server).
+    #[arg(
+        id = "probe_mode",
+        long = "probe-mode",
+        env = "ETCD_BRIDGE_PROBE_MODE",
+        value_enum,
+        default_value = "grpc"
+    )]
+    pub mode: ProbeMode,
+    /// The service name asked about in the health check; empty: the whole server.
+    #[arg(
+        id = "probe_service",
+        long = "probe-service",
+        env = "ETCD_BRIDGE_PROBE_SERVICE",
+        default_value = ""
+    )]
+    pub service: String,
+    /// How often each endpoint is probed.
+    #[arg(id = "probe_interval", value_name = "DURATION", long = "probe-interval", env = "ETCD_BRIDGE_PROBE_INTERVAL", value_parser = humantime, default_value = "5s")]
+    pub interval: Duration,
+    /// How long one probe may take (at most the interval).
+    #[arg(id = "probe_timeout", value_name = "DURATION", long = "probe-timeout", env = "ETCD_BRIDGE_PROBE_TIMEOUT", value_parser = humantime, default_value = "1s")]
+    pub timeout: Duration,
+    /// Consecutive failed probes (unreachable, timed out, an RPC error) before an endpoint is
+    /// not ready. An answer of NOT_SERVING counts at once.
+    #[arg(id = "probe_failure_threshold", value_name = "N", long = "probe-failure-threshold", env = "ETCD_BRIDGE_PROBE_FAILURE_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub failure_threshold: u32,
+    /// Consecutive SERVING answers before a failed endpoint is ready again.
+    #[arg(id = "probe_success_threshold", value_name = "N", long = "probe-success-threshold", env = "ETCD_BRIDGE_PROBE_SUCCESS_THRESHOLD", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub success_threshold: u32,
+    /// Each endpoint's period varies by up to this share of the interval, and endpoints start at
+    /// phases spread over one interval, so probes do not fire in step.
+    #[arg(id = "probe_jitter", value_name = "SHARE", long = "probe-jitter", env = "ETCD_BRIDGE_PROBE_JITTER", default_value_t = 0.1, value_parser = ratio)]
+    pub jitter: f64,
+    /// Panic guard: when more than this share of a Service's endpoints fail their checks at
+    /// once, all of them are kept ready (and it is reported). 1 turns the guard off.
+    #[arg(id = "probe_panic_threshold", value_name = "SHARE", long = "probe-panic-threshold", env = "ETCD_BRIDGE_PROBE_PANIC_THRESHOLD", default_value_t = 0.5, value_parser = ratio)]
+    pub panic_threshold: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeMode {
+    Grpc,
+    Tcp,
+}
+
+impl ProbeArgs {
+    /// Which registrations are probed; checks what clap cannot.
+    pub fn selector(&self, etcd: &EtcdArgs) -> Result<crate::probe::selector::Selector> {
+        if self.interval.is_zero() || self.timeout.is_zero() || self.timeout > self.interval {
+            return Err(Error::Config(format!(
+                "--probe-timeout ({:?}) must be above 0 and at most --probe-interval ({:?})",
+                self.timeout, self.interval
+            )));
+        }
+        let sources: Vec<&str> = etcd.prefixes.iter().map(|s| s.prefix.as_str()).collect();
+        crate::probe::selector::Selector::parse(&self.select, &sources)
+    }
+
+    pub fn settings(&self) -> crate::probe::Settings {
+        crate::probe::Settings {
+            mode: match self.mode {
+                ProbeMode::Grpc => crate::probe::check::Mode::Grpc {
+                    service: self.service.clone(),
+                },
+                ProbeMode::Tcp => crate::probe::check::Mode::Tcp,
+            },
+            timeout: self.timeout,
+            timing: crate::probe::timing::Timing {
+                interval: self.interval,
+                jitter: self.jitter,
+            },
+            thresholds: crate::probe::state::Thresholds {
+                failure: self.failure_threshold,
+                success: self.success_threshold,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct PreviewArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
     #[command(flatten)]
     pub projection: ProjectionArgs,
+    /// With `--probe`: one round of health checks, and the conditions it would write.
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// Print the objects as YAML-compatible JSON instead of a table.
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     pub output: PreviewOutput,
@@ -443,6 +543,39 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn probe(args: &[&str]) -> (ProbeArgs, EtcdArgs) {
+        let mut all = vec!["etcd-bridge", "run", "--prefix=/a/,/b/"];
+        all.extend_from_slice(args);
+        match Cli::parse_from(all).command {
+            Command::Run(r) => (r.probe.clone(), r.etcd.clone()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn probing_is_off_by_default_and_named_by_prefix_or_glob() {
+        let (p, e) = probe(&[]);
+        assert!(p.selector(&e).unwrap().is_empty());
+        assert_eq!(p.settings().timing.interval, Duration::from_secs(5));
+        assert_eq!(p.settings().timeout, Duration::from_secs(1));
+        assert_eq!(p.panic_threshold, 0.5);
+        let (p, e) = probe(&["--probe=/b/", "--probe", "pay*,greeter"]);
+        assert_eq!(p.select, ["/b/", "pay*", "greeter"]);
+        assert!(p.selector(&e).is_ok());
+        let (p, e) = probe(&["--probe"]);
+        assert_eq!(p.select, ["*"], "--probe alone probes everything");
+        assert!(!p.selector(&e).unwrap().is_empty());
+        let (p, e) = probe(&["--probe=/c/"]);
+        assert!(p.selector(&e).is_err(), "not a watched prefix");
+        let (p, e) = probe(&["--probe=*", "--probe-timeout=6s"]);
+        assert!(p.selector(&e).is_err(), "timeout past the interval");
+        assert!(
+            Cli::try_parse_from(["etcd-bridge", "run", "--probe-failure-threshold=0"]).is_err()
+        );
+        let (p, _) = probe(&["--probe-mode=tcp"]);
+        assert_eq!(p.settings().mode, crate::probe::check::Mode::Tcp);
     }
 
     #[test]

@@ -233,7 +233,14 @@ mod tests {
     }
 
     fn desired_slice(name: &str, group: &GroupKey, ips: &[&str]) -> EndpointSlice {
-        let mut s = projection::slice("greeter-v1", name, group, &addrs(ips), &cfg(false));
+        let mut s = projection::slice(
+            "greeter-v1",
+            name,
+            group,
+            &addrs(ips),
+            &Default::default(),
+            &cfg(false),
+        );
         s.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "v1".into(),
             kind: "Service".into(),
@@ -419,6 +426,23 @@ mod tests {
         let mut not_ready = actual.clone();
         not_ready.endpoints[0].conditions.as_mut().unwrap().ready = Some(false);
         assert!(slice_needs_write(&desired, &not_ready));
+        // Health and drain change serving and terminating alone, too.
+        let full = as_returned(&desired, json!({"metadata": server_metadata()}));
+        assert!(!slice_needs_write(&desired, &full));
+        let mut not_serving = full.clone();
+        not_serving.endpoints[1]
+            .conditions
+            .as_mut()
+            .unwrap()
+            .serving = Some(false);
+        assert!(slice_needs_write(&desired, &not_serving));
+        let mut terminating = full;
+        terminating.endpoints[1]
+            .conditions
+            .as_mut()
+            .unwrap()
+            .terminating = Some(true);
+        assert!(slice_needs_write(&desired, &terminating));
         let mut orphaned = actual.clone();
         orphaned.metadata.owner_references = None;
         assert!(slice_needs_write(&desired, &orphaned));

@@ -22,6 +22,9 @@ pub const TARGET_KIND: &str = "etcd-bridge.io/target";
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const SLICE_MANAGED_BY_VALUE: &str = "controller.etcd-bridge.io";
+/// On the slices of a headless Service, as Kubernetes' own EndpointSlice controller sets it:
+/// kube-proxy ignores slices with it, so a change to a headless import costs no proxy resync.
+pub const HEADLESS: &str = "service.kubernetes.io/headless";
 
 /// Annotations that keep the original, unsanitised identity of a target.
 pub const ANNOTATION_NAME: &str = "etcd-bridge.io/name";

@@ -20,6 +20,7 @@ pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod preview;
+pub mod probe;
 pub mod projection;
 pub mod slicing;
 pub mod snapshot;

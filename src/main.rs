@@ -10,6 +10,7 @@ use etcd_bridge::k8s::{ClusterView, Writer};
 use etcd_bridge::leader::Leadership;
 use etcd_bridge::metrics::Metrics;
 use etcd_bridge::preview;
+use etcd_bridge::probe::{self, Link};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +92,7 @@ fn on_signal(token: CancellationToken) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
     args.projection.validate()?;
+    let probed = args.probe.selector(&args.etcd)?;
     if args.writeback.enabled {
         etcd_bridge::writeback::policy::Policy::parse(&args.writeback.policy)?;
         anyhow::ensure!(
@@ -190,6 +192,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         health.clone(),
     );
+    // Health checks, when --probe names anything: the prober probes what the leader's
+    // reconciler plans, and sends back each change of verdict.
+    let reconciler = if probed.is_empty() {
+        reconciler
+    } else {
+        let (link, ends) = Link::new(probed, args.probe.panic_threshold);
+        tokio::spawn(probe::prober::run(
+            args.probe.settings(),
+            ends.plans,
+            ends.verdicts,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        reconciler.with_probes(link)
+    };
     import::run(
         reconciler,
         writer,
@@ -222,7 +239,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn preview_cmd(args: PreviewArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
     args.projection.validate()?;
-    let report = preview::preview(&args.etcd, &args.projection).await?;
+    let report = preview::preview(&args.etcd, &args.projection, &args.probe).await?;
     match args.output {
         PreviewOutput::Table => print!("{}", report.table()),
         PreviewOutput::Json => println!("{}", serde_json::to_string_pretty(&report.objects())?),

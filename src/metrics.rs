@@ -37,6 +37,19 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// How a probe ended: `serving`, `not_serving`, `service_unknown`, `unreachable`,
+    /// `timed_out` or `error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthStateLabels {
+    /// `unknown` (no verdict yet), `serving` or `not_serving`.
+    pub state: &'static str,
+}
+
 /// Every metric of the bridge. Cheap to clone handles are shared by the tasks that update them.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +72,11 @@ pub struct Metrics {
     pub writeback_put_seconds: Histogram,
     pub writeback_leases: Gauge,
     pub writeback_leases_lost: Counter,
+    pub probes: Family<OutcomeLabels, Counter>,
+    pub probe_latency: Histogram,
+    pub probed_endpoints: Family<HealthStateLabels, Gauge>,
+    pub panic_activations: Counter,
+    pub services_in_panic: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,6 +104,12 @@ impl Default for Metrics {
             writeback_put_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             writeback_leases: Gauge::default(),
             writeback_leases_lost: Counter::default(),
+            probes: Family::default(),
+            // 0.25 ms .. ~4 s.
+            probe_latency: Histogram::new(exponential_buckets(0.00025, 2.0, 15)),
+            probed_endpoints: Family::default(),
+            panic_activations: Counter::default(),
+            services_in_panic: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -178,6 +202,31 @@ impl Default for Metrics {
             "writeback_leases_lost",
             "Write-back: etcd leases found gone (expired, or etcd lost its data); their keys were put again",
             m.writeback_leases_lost.clone(),
+        );
+        registry.register(
+            "probes",
+            "Health checks of imported endpoints, by outcome",
+            m.probes.clone(),
+        );
+        registry.register(
+            "probe_duration_seconds",
+            "How long one health check took (a timed-out check takes the timeout)",
+            m.probe_latency.clone(),
+        );
+        registry.register(
+            "probed_endpoints",
+            "Endpoints the leader probes, by health state",
+            m.probed_endpoints.clone(),
+        );
+        registry.register(
+            "panic_guard_activations",
+            "Times a Service had more than the panic threshold of its endpoints fail their health checks, so all were kept ready",
+            m.panic_activations.clone(),
+        );
+        registry.register(
+            "panic_guard_services",
+            "Services whose endpoints the panic guard keeps ready now",
+            m.services_in_panic.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -55,6 +55,27 @@ pub struct GroupKey {
 
 pub type Groups = BTreeMap<GroupKey, BTreeSet<IpAddr>>;
 
+/// One endpoint of a Service: its address and port.
+pub type EndpointId = (IpAddr, u16);
+
+/// The endpoints whose health checks failed (after the thresholds and the panic guard): what the
+/// projection writes as not serving. Every other endpoint serves: one that is not probed, or has
+/// no result yet, is ready as it always was.
+pub type Unhealthy = BTreeSet<EndpointId>;
+
+/// The conditions of one endpoint, following the EndpointSlice conventions (KEP-1672): a
+/// registration of weight 0 (or below, which Cilium also reads as 0) is draining, so it is
+/// terminating and not ready, but keeps serving while its health checks pass; proxies fall back to
+/// serving, terminating endpoints only when no ready one is left (KEP-1669).
+pub fn conditions(weight: i64, serving: bool) -> EndpointConditions {
+    let draining = weight <= 0;
+    EndpointConditions {
+        ready: Some(serving && !draining),
+        serving: Some(serving),
+        terminating: Some(draining),
+    }
+}
+
 /// Groups the registrations of one target by slice group, each ip:port once.
 ///
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are projected as the IPv4 address they are:
@@ -167,14 +188,16 @@ pub fn service(name: &str, target: &Target, groups: &Groups, cfg: &ProjectionCon
     }
 }
 
-/// The EndpointSlice `name` of Service `service` holding `addrs` of `group`, every endpoint
-/// ready. Endpoints are sorted so the same input always gives the same object. Owner references
-/// are left to the caller, which knows the Service's uid.
+/// The EndpointSlice `name` of Service `service` holding `addrs` of `group`, each endpoint with
+/// the [`conditions`] of its weight and of whether it is in `unhealthy`. Endpoints are sorted so
+/// the same input always gives the same object. Owner references are left to the caller, which
+/// knows the Service's uid.
 pub fn slice(
     service: &str,
     name: &str,
     group: &GroupKey,
     addrs: &[IpAddr],
+    unhealthy: &Unhealthy,
     cfg: &ProjectionConfig,
 ) -> EndpointSlice {
     let mut labels = owner_labels(cfg);
@@ -183,6 +206,9 @@ pub fn slice(
         labels::SLICE_MANAGED_BY.to_owned(),
         labels::SLICE_MANAGED_BY_VALUE.to_owned(),
     );
+    if cfg.headless {
+        labels.insert(labels::HEADLESS.to_owned(), String::new());
+    }
     let mut annotations = BTreeMap::from([(
         labels::ANNOTATION_WEIGHT.to_owned(),
         group.weight.to_string(),
@@ -199,11 +225,10 @@ pub fn slice(
         .into_iter()
         .map(|ip| Endpoint {
             addresses: vec![ip.to_string()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
-                terminating: Some(false),
-            }),
+            conditions: Some(conditions(
+                group.weight,
+                !unhealthy.contains(&(ip, group.port)),
+            )),
             ..Endpoint::default()
         })
         .collect();
@@ -373,7 +398,14 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let s = slice("greeter", "greeter-abc-0", &g, &addrs, &cfg(false));
+        let s = slice(
+            "greeter",
+            "greeter-abc-0",
+            &g,
+            &addrs,
+            &Unhealthy::new(),
+            &cfg(false),
+        );
         let json = serde_json::to_value(&s).unwrap();
         let ready = serde_json::json!({"ready": true, "serving": true, "terminating": false});
         assert_eq!(
@@ -404,6 +436,23 @@ mod tests {
     }
 
     #[test]
+    fn slices_of_headless_services_say_so_for_kube_proxy() {
+        let ip: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
+        let g = key(AddressType::IPv4, 80, 1);
+        let labels = |headless| {
+            slice("s", "s-0", &g, &ip, &Unhealthy::new(), &cfg(headless))
+                .metadata
+                .labels
+                .unwrap()
+        };
+        assert_eq!(
+            labels(true).get(labels::HEADLESS).map(String::as_str),
+            Some("")
+        );
+        assert!(!labels(false).contains_key(labels::HEADLESS));
+    }
+
+    #[test]
     fn cilium_weight_is_clamped_and_can_be_turned_off() {
         let ip: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
         let annotation = |weight: i64, on: bool| {
@@ -412,7 +461,7 @@ mod tests {
                 ..cfg(true)
             };
             let g = key(AddressType::IPv4, 80, weight);
-            slice("s", "s-0", &g, &ip, &c)
+            slice("s", "s-0", &g, &ip, &Unhealthy::new(), &c)
                 .metadata
                 .annotations
                 .unwrap()
@@ -423,6 +472,68 @@ mod tests {
         assert_eq!(annotation(65535, true).as_deref(), Some("65535"));
         assert_eq!(annotation(70000, true).as_deref(), Some("65535"));
         assert_eq!(annotation(7, false), None);
+    }
+
+    #[test]
+    fn conditions_follow_the_health_table() {
+        let c = |weight, serving| flags(&conditions(weight, serving));
+        // (ready, serving, terminating), as in the README's table.
+        assert_eq!(c(1, true), (true, true, false), "serving");
+        assert_eq!(c(1, false), (false, false, false), "failing its checks");
+        assert_eq!(c(0, true), (false, true, true), "weight 0: draining");
+        assert_eq!(
+            c(-1, true),
+            (false, true, true),
+            "below 0 drains, as in Cilium"
+        );
+        assert_eq!(c(0, false), (false, false, true), "draining and failing");
+    }
+
+    /// (ready, serving, terminating), each of which the projection always sets.
+    fn flags(c: &EndpointConditions) -> (bool, bool, bool) {
+        (c.ready.unwrap(), c.serving.unwrap(), c.terminating.unwrap())
+    }
+
+    #[test]
+    fn a_slice_writes_each_endpoints_conditions() {
+        let g = key(AddressType::IPv4, 80, 3);
+        let addrs: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        // 10.0.0.2 fails on port 80; 10.0.0.1 fails only on another port, which is not this one.
+        let unhealthy = Unhealthy::from([(addrs[1], 80), (addrs[0], 81)]);
+        let s = slice("s", "s-0", &g, &addrs, &unhealthy, &cfg(true));
+        let got: Vec<(String, (bool, bool, bool))> = s
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.addresses[0].clone(),
+                    flags(e.conditions.as_ref().unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1".to_owned(), (true, true, false)),
+                ("10.0.0.2".to_owned(), (false, false, false)),
+            ]
+        );
+        let drained = key(AddressType::IPv4, 80, 0);
+        let s = slice(
+            "s",
+            "s-0",
+            &drained,
+            &addrs[..1],
+            &Unhealthy::new(),
+            &cfg(true),
+        );
+        assert_eq!(
+            flags(s.endpoints[0].conditions.as_ref().unwrap()),
+            (false, true, true)
+        );
     }
 
     #[test]

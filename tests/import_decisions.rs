@@ -248,29 +248,13 @@ async fn a_listen_address_in_use_stops_the_bridge_with_a_clear_message() {
 async fn after_an_apiserver_outage_the_bridge_converges_within_seconds_not_a_backoff() {
     // Issue 10, hole 8: after the apiserver came back, convergence took 23-25 s, the retry
     // backoff having grown to ~30 s during the outage.
-    let mut bed = TestBed::start("apiserver-backoff")
-        .unwrap_or_else(|e| panic!("the private test bed did not start (no skipping):\n{e}"));
-    let namespace = unique("apiback");
-    let out = bed.cluster.kubectl(&["create", "namespace", &namespace]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let prefix = format!("/{namespace}/");
+    let PrivateBed {
+        mut bed,
+        namespace,
+        prefix,
+        mut bridge,
+    } = PrivateBed::start("apiserver-backoff", "apiback", WAIT).await;
     let endpoint = bed.registry.endpoint();
-    let kubeconfig = bed.cluster.kubeconfig.clone();
-    let mut bridge = Bridge::start_with(
-        &BridgeTarget {
-            dir: &bed.dir,
-            etcd_endpoint: &endpoint,
-            prefix: &prefix,
-            namespace: &namespace,
-            kubeconfig: &kubeconfig,
-        },
-        &[],
-    );
-    bridge.ready(WAIT).await;
     let mut etcd = etcd_client::Client::connect([endpoint.as_str()], None)
         .await
         .expect("connect to the registry etcd");

@@ -215,29 +215,13 @@ async fn a_watch_behind_a_compaction_relists_and_loses_no_delete() {
 
 #[tokio::test]
 async fn after_an_apiserver_outage_the_bridge_converges_without_a_write_storm() {
-    let mut bed = TestBed::start("apiserver-outage")
-        .unwrap_or_else(|e| panic!("the private test bed did not start (no skipping):\n{e}"));
-    let namespace = unique("apiout");
-    let out = bed.cluster.kubectl(&["create", "namespace", &namespace]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let prefix = format!("/{namespace}/");
+    let PrivateBed {
+        mut bed,
+        namespace,
+        prefix,
+        mut bridge,
+    } = PrivateBed::start("apiserver-outage", "apiout", WAIT).await;
     let endpoint = bed.registry.endpoint();
-    let kubeconfig = bed.cluster.kubeconfig.clone();
-    let mut bridge = Bridge::start_with(
-        &BridgeTarget {
-            dir: &bed.dir,
-            etcd_endpoint: &endpoint,
-            prefix: &prefix,
-            namespace: &namespace,
-            kubeconfig: &kubeconfig,
-        },
-        &[],
-    );
-    bridge.ready(WAIT).await;
     let apis = Apis::new(bed.cluster.client().await, &namespace);
     let mut etcd = etcd_client::Client::connect([endpoint.as_str()], None)
         .await

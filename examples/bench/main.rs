@@ -41,6 +41,7 @@ mod tracker;
 // The sections (import.rs runs the import ones in order, on one estate).
 mod burst;
 mod cold_start;
+mod dataplane;
 mod floor;
 mod import;
 mod isolated;
@@ -189,5 +190,7 @@ async fn main() {
     let big = memory::section(&mut ctx).await;
     let wb = writeback::section(&mut ctx).await;
     let wbs = writeback_scale::section(&mut ctx).await;
+    let dp = dataplane::section(&mut ctx).await;
+    ctx.report.insert("dataplane".into(), dp);
     finish(ctx, import, big, wb, wbs);
 }

@@ -114,6 +114,9 @@ pub struct Sizes {
     pub converge_timeout: Duration,
     pub big_timeout: Duration,
     pub restart_timeout: Duration,
+    /// Data plane (a real node): repetitions of each path, and the most time they may take.
+    pub dataplane_reps: usize,
+    pub dataplane_budget: Duration,
 }
 
 impl Sizes {
@@ -146,6 +149,8 @@ impl Sizes {
                 converge_timeout: Duration::from_secs(60),
                 big_timeout: Duration::from_secs(60),
                 restart_timeout: Duration::from_secs(30),
+                dataplane_reps: 1,
+                dataplane_budget: Duration::from_secs(60),
             }
         } else {
             Sizes {
@@ -174,6 +179,8 @@ impl Sizes {
                 converge_timeout: Duration::from_secs(180),
                 big_timeout: Duration::from_secs(420),
                 restart_timeout: Duration::from_secs(60),
+                dataplane_reps: 15,
+                dataplane_budget: Duration::from_secs(300),
             }
         }
     }

@@ -1,11 +1,13 @@
 //! The import flow, etcd → Kubernetes. The decisions are pure and unit-tested:
 //! - [`plan`]: what one Service needs, from what the registry wants and what the cluster has;
 //! - [`guard`]: which removals the mass-deletion guard holds;
+//! - [`panic_guard`]: which failed health checks a Service shows, or none when too many fail;
 //! - [`schedule`]: when to flush (coalescing, retries, readiness).
 //!
 //! [`reconciler`] only carries them out; `preview` shows the same decisions.
 
 pub mod guard;
+pub mod panic_guard;
 pub mod plan;
 pub mod reconciler;
 pub mod schedule;

@@ -3,9 +3,10 @@
 
 use crate::diff::{self, SliceChange};
 use crate::import::guard;
+use crate::import::panic_guard::Verdict;
 use crate::k8s::view::is_owned;
 use crate::labels;
-use crate::projection::{self, Groups, ProjectionConfig};
+use crate::projection::{self, Groups, ProjectionConfig, Unhealthy};
 use crate::slicing::{self, SlicePlan};
 use crate::target::Target;
 use k8s_openapi::api::core::v1::Service;
@@ -14,11 +15,24 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use std::sync::Arc;
 
-/// What the registry wants for one Service name: its target and endpoint groups (never empty).
+/// What the registry wants for one Service name: its target and endpoint groups (never empty),
+/// and what health checks say of those endpoints (nothing when they are not probed).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wanted {
     pub target: Target,
     pub groups: Groups,
+    pub health: Verdict,
+}
+
+impl Wanted {
+    /// Endpoints that are not probed: every one serves.
+    pub fn new(target: Target, groups: Groups) -> Wanted {
+        Wanted {
+            target,
+            groups,
+            health: Verdict::default(),
+        }
+    }
 }
 
 /// The Service step of a [`Decision::Converge`].
@@ -42,13 +56,14 @@ pub enum Decision {
         service: Arc<Service>,
         target: Target,
     },
-    /// Bring the Service and its slices to `groups`.
+    /// Bring the Service and its slices to `groups`, with the conditions `health` gives.
     Converge {
         /// Delete this Service first: clusterIP is immutable, so only a new Service can switch
         /// headless on or off.
         recreate: Option<Arc<Service>>,
         service: ServiceStep,
         groups: Groups,
+        health: Verdict,
     },
 }
 
@@ -94,15 +109,19 @@ pub fn decide(
         recreate,
         service,
         groups,
+        health: wanted.health.clone(),
     }
 }
 
-/// The slice writes that bring `actual` (our slices of `service`) to `groups`, each slice owned
-/// by `owner` (the Service, once its uid is known). Applies come before deletes, so an endpoint
-/// moving between slices is never missing.
+/// The slice writes that bring `actual` (our slices of `service`) to `groups`, the endpoints in
+/// `unhealthy` not serving, each slice owned by `owner` (the Service, once its uid is known).
+/// Applies come before deletes, so an endpoint moving between slices is never missing. Where
+/// endpoints go does not depend on their health: a change of health rewrites only the slice that
+/// holds the endpoint.
 pub fn slice_changes(
     service: &str,
     groups: &Groups,
+    unhealthy: &Unhealthy,
     actual: &[EndpointSlice],
     owner: Option<&OwnerReference>,
     cfg: &ProjectionConfig,
@@ -111,7 +130,7 @@ pub fn slice_changes(
     let desired = slicing::plan(service, groups, &existing, cfg.max_endpoints_per_slice)
         .iter()
         .map(|p| {
-            let mut s = projection::slice(service, &p.name, &p.group, &p.addrs, cfg);
+            let mut s = projection::slice(service, &p.name, &p.group, &p.addrs, unhealthy, cfg);
             s.metadata.owner_references = owner.map(|o| vec![o.clone()]);
             s
         })
@@ -185,10 +204,7 @@ mod tests {
                 weight,
             })
             .collect();
-        Wanted {
-            target: target(),
-            groups: projection::group(&regs),
-        }
+        Wanted::new(target(), projection::group(&regs))
     }
 
     /// `desired` as the apiserver gives it back: with a uid and, unless headless, a clusterIP.
@@ -219,6 +235,10 @@ mod tests {
         }
     }
 
+    fn none() -> Unhealthy {
+        Unhealthy::new()
+    }
+
     fn plans(groups: &Groups) -> Vec<SlicePlan> {
         slicing::plan("greeter-v1", groups, &[], 2)
     }
@@ -230,7 +250,14 @@ mod tests {
         let svc = applied(&d);
         assert_eq!(svc.metadata.name.as_deref(), Some("greeter-v1"));
         let owner = owner_reference(&stored(svc));
-        let changes = slice_changes("greeter-v1", &w.groups, &[], Some(&owner), &cfg(true));
+        let changes = slice_changes(
+            "greeter-v1",
+            &w.groups,
+            &none(),
+            &[],
+            Some(&owner),
+            &cfg(true),
+        );
         // Three endpoints, two per slice.
         assert_eq!(changes.len(), 2);
         for c in &changes {
@@ -258,7 +285,7 @@ mod tests {
         )));
         let owner = owner_reference(&svc);
         let slices: Vec<EndpointSlice> =
-            slice_changes("greeter-v1", &w.groups, &[], Some(&owner), &c)
+            slice_changes("greeter-v1", &w.groups, &none(), &[], Some(&owner), &c)
                 .into_iter()
                 .map(|ch| match ch {
                     SliceChange::Apply(s) => s,
@@ -281,7 +308,9 @@ mod tests {
                 ..
             }
         ));
-        assert!(slice_changes("greeter-v1", &w.groups, &slices, Some(&owner), &c).is_empty());
+        assert!(
+            slice_changes("greeter-v1", &w.groups, &none(), &slices, Some(&owner), &c).is_empty()
+        );
     }
 
     #[test]
@@ -391,6 +420,81 @@ mod tests {
             panic!("{d:?}")
         };
         assert_eq!(groups, &after.groups);
+    }
+
+    /// The slices `changes` write, as the apiserver would then hold them.
+    fn applied_slices(changes: Vec<SliceChange>) -> Vec<EndpointSlice> {
+        changes
+            .into_iter()
+            .map(|ch| match ch {
+                SliceChange::Apply(s) => s,
+                SliceChange::Delete(n) => panic!("no delete expected: {n}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_of_health_rewrites_only_the_slice_that_holds_the_endpoint() {
+        // Five endpoints, two per slice: three slices.
+        let c = cfg(true);
+        let w = wanted(&[1, 2, 3, 4, 5], 1);
+        let first = applied_slices(slice_changes("s", &w.groups, &none(), &[], None, &c));
+        assert_eq!(first.len(), 3);
+        let sick: Unhealthy = [("10.0.0.3".parse().unwrap(), 50051)].into();
+        let changes = slice_changes("s", &w.groups, &sick, &first, None, &c);
+        let [SliceChange::Apply(rewritten)] = changes.as_slice() else {
+            panic!("one slice rewritten: {changes:?}")
+        };
+        let holder = first
+            .iter()
+            .find(|s| {
+                crate::slicing::from_object(s)
+                    .unwrap()
+                    .addrs
+                    .contains(&sick.first().unwrap().0)
+            })
+            .unwrap();
+        assert_eq!(rewritten.metadata.name, holder.metadata.name);
+        assert_eq!(
+            slicing::from_object(rewritten),
+            slicing::from_object(holder),
+            "same layout"
+        );
+        let ep = rewritten
+            .endpoints
+            .iter()
+            .find(|e| e.addresses == ["10.0.0.3"])
+            .unwrap();
+        assert_eq!(ep.conditions.as_ref().unwrap().ready, Some(false));
+        // While states hold, nothing is written.
+        let mut now = first.clone();
+        for s in &mut now {
+            if s.metadata.name == rewritten.metadata.name {
+                *s = rewritten.clone();
+            }
+        }
+        assert!(slice_changes("s", &w.groups, &sick, &now, None, &c).is_empty());
+        // Recovery rewrites the same slice back.
+        let back = slice_changes("s", &w.groups, &none(), &now, None, &c);
+        assert_eq!(back.len(), 1);
+    }
+
+    #[test]
+    fn decide_carries_the_health_verdict() {
+        let c = cfg(true);
+        let mut w = wanted(&[1, 2, 3], 1);
+        w.health = crate::import::panic_guard::apply(
+            &w.groups,
+            |e| e.0 == "10.0.0.1".parse::<IpAddr>().unwrap(),
+            0.5,
+        );
+        let Decision::Converge { health, .. } =
+            decide("greeter-v1", Some(&w), None, &[], false, &c)
+        else {
+            panic!()
+        };
+        assert_eq!(health, w.health);
+        assert_eq!(health.unhealthy.len(), 1);
     }
 
     #[test]

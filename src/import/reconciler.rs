@@ -11,11 +11,14 @@ use crate::error::Result;
 use crate::etcd::{KvEvent, Update};
 use crate::http::Health;
 use crate::import::guard::{self, Limits};
+use crate::import::panic_guard::Panic;
 use crate::import::plan::{self, Decision, ServiceStep, Wanted};
 use crate::import::schedule::{self, Schedule};
 use crate::k8s::{ObjectEvent, Writer};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels, StateLabels};
 use crate::naming;
+use crate::probe::link::PanicChange;
+use crate::probe::{Link, Verdict};
 use crate::projection::{self, ProjectionConfig};
 use crate::slicing::{self, SlicePlan};
 use crate::snapshot::{Change, Snapshot};
@@ -87,6 +90,8 @@ pub struct Reconciler {
     health: Arc<Health>,
     /// Services already reported for a weight clamped in Cilium's annotation.
     clamped: std::sync::Mutex<BTreeSet<String>>,
+    /// Health checks, when `--probe` names anything.
+    probes: Option<Link>,
 }
 
 impl Reconciler {
@@ -128,6 +133,73 @@ impl Reconciler {
             metrics,
             health,
             clamped: Default::default(),
+            probes: None,
+        }
+    }
+
+    /// Endpoints' health, from a prober at the other end of `link`, shapes their conditions.
+    pub fn with_probes(mut self, link: Link) -> Self {
+        self.probes = Some(link);
+        self
+    }
+
+    /// Takes in a change of an endpoint's health verdict: its Services are checked again.
+    pub fn on_verdict(&mut self, verdict: Verdict) {
+        let Some(link) = self.probes.as_mut() else {
+            return;
+        };
+        let targets = link.on_verdict(verdict);
+        if !targets.is_empty() {
+            self.schedule.changed(Instant::now());
+            self.dirty_targets.extend(targets);
+        }
+    }
+
+    /// Brings the probed endpoints up to this flush's targets; a new leader first takes what its
+    /// slices show as not serving, so a change of leader does not flap them.
+    fn refresh_probes(&mut self, writer: &Writer, initial: bool) {
+        let Some(link) = self.probes.as_mut() else {
+            return;
+        };
+        let snapshot = &self.snapshot;
+        let all = initial.then(|| snapshot.targets()).into_iter().flatten();
+        let changed = (self.dirty_targets.iter().chain(all))
+            .map(|t| (t, projection::group(snapshot.registrations(t))));
+        let view = writer.view();
+        link.refresh(changed, || {
+            let slices = view.owned_services().into_iter();
+            let slices = slices.flat_map(|n| view.slices_of(&n));
+            slices
+                .flat_map(|s| crate::probe::seed::not_serving(&s))
+                .collect()
+        });
+    }
+
+    /// Reports a Service entering or leaving the panic guard's hold: log, metrics, and a Warning
+    /// Event on entering.
+    async fn note_panic(
+        &self,
+        writer: &Writer,
+        svc: &k8s_openapi::api::core::v1::Service,
+        panic: Option<Panic>,
+    ) {
+        let Some(link) = &self.probes else { return };
+        let (change, held) = link.note_panic(&svc.name_any(), panic);
+        self.metrics.services_in_panic.set(held as i64);
+        match change {
+            Some(PanicChange::Began(p)) => {
+                self.metrics.panic_activations.inc();
+                tracing::warn!(
+                    failing = p.failing,
+                    total = p.total,
+                    "panic guard: too many endpoints fail their health checks at once; keeping them all ready"
+                );
+                writer.warn(svc, "PanicGuard", p.note()).await;
+            }
+            Some(PanicChange::Ended) => {
+                tracing::info!("panic guard: released; endpoints show their own health again")
+            }
+            None => {}
         }
     }
 
@@ -228,6 +300,10 @@ impl Reconciler {
         self.metrics.leader.set(leader as i64);
         // A new leader checks everything: the old one may have left work undone.
         self.synced = false;
+        if let Some(link) = self.probes.as_mut() {
+            link.set_leader(leader);
+            self.metrics.services_in_panic.set(0);
+        }
     }
 
     /// Whether the cache is complete and the cluster view is listed.
@@ -318,6 +394,7 @@ impl Reconciler {
         for c in self.refresh_names(writer) {
             self.report_collision(writer, c).await;
         }
+        self.refresh_probes(writer, initial);
         if initial {
             self.dirty_names.extend(self.names.values().cloned());
             self.dirty_names.extend(writer.view().owned_services());
@@ -399,10 +476,14 @@ impl Reconciler {
     fn wanted(&self, name: &str) -> Option<Wanted> {
         let target = self.by_name.get(name)?;
         let groups = projection::group(self.snapshot.registrations(target));
-        (!groups.is_empty()).then(|| Wanted {
-            target: target.clone(),
-            groups,
-        })
+        if groups.is_empty() {
+            return None;
+        }
+        let mut wanted = Wanted::new(target.clone(), groups);
+        if let Some(link) = &self.probes {
+            wanted.health = link.verdict(target, &wanted.groups);
+        }
+        Some(wanted)
     }
 
     fn current_slices(writer: &Writer, name: &str) -> Vec<SlicePlan> {
@@ -563,6 +644,7 @@ impl Reconciler {
             Decision::Nothing => Ok(false),
             Decision::Delete(svc) => {
                 writer.delete_service(&svc).await?;
+                self.note_panic(writer, &svc, None).await;
                 tracing::info!("deleted: no registration left");
                 Ok(true)
             }
@@ -589,6 +671,7 @@ impl Reconciler {
                 recreate,
                 service,
                 groups,
+                health,
             } => {
                 let mut wrote = false;
                 if let Some(old) = recreate {
@@ -604,8 +687,16 @@ impl Reconciler {
                     }
                 };
                 self.note_clamped(name, &groups);
+                self.note_panic(writer, &svc, health.panic).await;
                 let owner = plan::owner_reference(&svc);
-                for change in plan::slice_changes(name, &groups, &actual, Some(&owner), &self.cfg) {
+                for change in plan::slice_changes(
+                    name,
+                    &groups,
+                    &health.unhealthy,
+                    &actual,
+                    Some(&owner),
+                    &self.cfg,
+                ) {
                     wrote = true;
                     match change {
                         SliceChange::Apply(s) => writer.apply_slice(&s).await?,
@@ -632,6 +723,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     reconciler.set_leader(*leader.borrow_and_update());
+    let mut verdicts = reconciler.probes.as_mut().and_then(Link::take_verdicts);
     let mut resync_tick = tokio::time::interval(reconciler.tuning.resync);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut api_probe = tokio::time::interval(API_PROBE);
@@ -661,6 +753,12 @@ pub async fn run(
                 }
             }
             Some(e) = cluster_rx.recv() => reconciler.on_object_event(e),
+            Some(v) = crate::probe::link::next_verdict(&mut verdicts) => {
+                reconciler.on_verdict(v);
+                while let Some(v) = verdicts.as_mut().and_then(|r| r.try_recv().ok()) {
+                    reconciler.on_verdict(v);
+                }
+            }
             Ok(()) = leader.changed() => {
                 let is = *leader.borrow_and_update();
                 tracing::info!(leader = is, "leadership changed");

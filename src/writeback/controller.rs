@@ -81,7 +81,7 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     );
-    forget_when_not_leading(leases.clone(), leader.clone());
+    forget_when_not_leading(leases.clone(), leader.clone(), shutdown.clone());
     let (retry, retries) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
         objects: Objects::new(client.clone()),
@@ -182,13 +182,25 @@ async fn connect_until_up(
 }
 
 /// A replica that stops leading stops writing: its leases keep no keys (the new leader moves
-/// them to its own), so their slots are free when it leads again.
-fn forget_when_not_leading(leases: Arc<Leases>, mut leader: watch::Receiver<bool>) {
+/// them to its own), so their slots are free when it leads again. Ends with `shutdown`: a task
+/// still holding a leadership receiver would keep the Lease from being released on SIGTERM.
+fn forget_when_not_leading(
+    leases: Arc<Leases>,
+    mut leader: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
-        while leader.changed().await.is_ok() {
-            let leading = *leader.borrow_and_update();
-            if !leading {
-                leases.forget_all().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !*leader.borrow_and_update() {
+                        leases.forget_all().await;
+                    }
+                }
             }
         }
     });
@@ -315,7 +327,12 @@ async fn publisher(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             next = ctx.objects.next() => next,
         };
-        let result = publish(&ctx, &me, &p).await;
+        // A write cut short by shutdown is the next leader's to do; until it ends, this task
+        // holds the leadership receiver (in `ctx`) that must go for the Lease to be released.
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = publish(&ctx, &me, &p) => r,
+        };
         if result.is_err() {
             ctx.objects.failed(&me);
         }

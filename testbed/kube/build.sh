@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes through the
-# Go module proxy, once per version, into a cache outside the repo. A warm run only checks stamps.
+# Builds the test bed's Kubernetes binaries from k8s.io/kubernetes through the Go module proxy, and
+# CoreDNS from its own Go module, once per version, into a cache outside the repo. A warm run only
+# checks stamps.
+#   control plane: kube-apiserver, kube-controller-manager, kubectl
+#   node (testbed/src/node*.rs): kubelet, kube-proxy, kube-scheduler (the chart's pods have no
+#   nodeName), and CoreDNS for cluster.local
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/go.mod")
+# CoreDNS is a module of its own (its go.mod pins its client-go), built with `go install`.
+coredns_version=v1.15.0
 out="${ETCD_BRIDGE_CACHE:-$HOME/.cache/etcd-bridge}/kube/$version"
-bins=(kube-apiserver kube-controller-manager kubectl)
-stamp="$out/.built-$(sha256sum "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
+bins=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy kube-scheduler)
+# The stamp hashes what decides the result (file contents, not their paths: every worktree of the
+# repo shares the cache).
+stamp="$out/.built-$(cat "$here/go.mod" "$here/go.sum" <(echo "${bins[*]} coredns@$coredns_version") | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" ]]; then
   echo "$out"
   exit 0
@@ -23,5 +31,15 @@ for b in "${bins[@]}"; do
   mv "$out/$b.tmp" "$out/$b"
   echo ">> $b built in $(( $(date +%s) - start ))s" >&2
 done
+
+start=$(date +%s)
+echo ">> building coredns $coredns_version from its Go module (cold: downloads and compiles for several minutes)" >&2
+gobin=$(mktemp -d)
+trap 'rm -rf "$gobin"' EXIT
+(cd "$gobin" && CGO_ENABLED=0 GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$coredns_version") >&2 ||
+  { echo "build of coredns $coredns_version failed" >&2; exit 1; }
+mv "$gobin/coredns" "$out/coredns"
+echo ">> coredns built in $(( $(date +%s) - start ))s" >&2
+
 touch "$stamp"
 echo "$out"

@@ -76,6 +76,8 @@ impl ControlPlane {
             // A range for ClusterIP allocation only; no traffic is ever routed to it.
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--allow-privileged=true".into(),
+            // The node (node.rs) is reached at its InternalIP: its name resolves nowhere.
+            "--kubelet-preferred-address-types=InternalIP".into(),
             // One apiserver, no Endpoints to reconcile for `kubernetes`.
             "--endpoint-reconciler-type=none".into(),
             // An audit log of every write: tests count the bridge's writes with it.

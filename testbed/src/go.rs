@@ -86,7 +86,7 @@ pub fn build_registrars() -> &'static Registrars {
     }
 }
 
-fn cache_root() -> Result<PathBuf, String> {
+pub(crate) fn cache_root() -> Result<PathBuf, String> {
     std::env::var_os("ETCD_BRIDGE_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/etcd-bridge")))
@@ -174,7 +174,7 @@ fn build(src: &Path, cache: &Path) -> Result<Registrars, String> {
 
 /// Every input of the Go build (`*.go`, `go.mod`, `go.sum`), hashed with FNV-1a: the cache key.
 /// Not a security boundary, only "did the sources change".
-fn source_hash(dir: &Path) -> Result<String, String> {
+pub(crate) fn source_hash(dir: &Path) -> Result<String, String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| format!("read {}: {e}", dir.display()))?

@@ -1,5 +1,7 @@
 //! The test bed of etcd-bridge: a registry etcd and a Kubernetes control plane, real processes on
-//! 127.0.0.1 with ephemeral ports and temporary directories.
+//! 127.0.0.1 with ephemeral ports and temporary directories; and, for the tests that need one, a
+//! real node ([`Node`]: containerd, kubelet, kube-proxy, CoreDNS) in namespaces of its own, and a
+//! machine outside the cluster beside it ([`outside::Outside`]) for the data-plane tests.
 //!
 //! A test that needs them and cannot start them fails, with the reason and the component's log:
 //! [`TestBed::shared`] panics, it never skips.
@@ -10,13 +12,23 @@ pub mod bridge;
 pub mod control_plane;
 pub mod etcd;
 pub mod go;
+pub mod grpc_tools;
+pub mod kube_proxy;
 pub mod metrics;
+pub mod netns;
+pub mod node;
+pub mod node_cgroups;
+pub mod node_config;
+pub mod node_images;
+pub mod node_network;
+pub mod outside;
 pub mod pki;
 pub mod process;
 pub mod seed;
 
 pub use control_plane::{ControlPlane, client_from};
 pub use etcd::Etcd;
+pub use node::Node;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -62,7 +62,17 @@ impl Pki {
             "serving",
             "kube-apiserver",
             None,
-            &["localhost", "127.0.0.1", "kubernetes", "kubernetes.default"],
+            // 10.0.0.1 and kubernetes.default.svc: how pods on the node (in-cluster config)
+            // reach the apiserver, through the `kubernetes` Service.
+            &[
+                "localhost",
+                "127.0.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "10.0.0.1",
+            ],
             ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         pki.issue(

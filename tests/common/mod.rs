@@ -238,6 +238,45 @@ pub struct Bridge {
     pub http_port: u16,
 }
 
+/// A test bed of one test's own (for a test that stops its apiserver), a namespace and prefix on
+/// it, and a ready bridge running as the admin.
+pub struct PrivateBed {
+    pub bed: TestBed,
+    pub namespace: String,
+    pub prefix: String,
+    pub bridge: Bridge,
+}
+
+impl PrivateBed {
+    pub async fn start(label: &str, base: &str, timeout: Duration) -> PrivateBed {
+        let bed = TestBed::start(label)
+            .unwrap_or_else(|e| panic!("the private test bed did not start (no skipping):\n{e}"));
+        let namespace = unique(base);
+        bed.cluster
+            .create_namespace(&namespace)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let prefix = format!("/{namespace}/");
+        let endpoint = bed.registry.endpoint();
+        let mut bridge = Bridge::start_with(
+            &BridgeTarget {
+                dir: &bed.dir,
+                etcd_endpoint: &endpoint,
+                prefix: &prefix,
+                namespace: &namespace,
+                kubeconfig: &bed.cluster.kubeconfig,
+            },
+            &[],
+        );
+        bridge.ready(timeout).await;
+        PrivateBed {
+            bed,
+            namespace,
+            prefix,
+            bridge,
+        }
+    }
+}
+
 /// The `etcd-bridge` binary the tests run: this build's, or `ETCD_BRIDGE_TEST_BIN` (e.g. a build
 /// of an older commit, to see a new test fail before its fix).
 pub fn bridge_binary() -> PathBuf {

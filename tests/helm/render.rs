@@ -61,6 +61,10 @@ fn check_defaults(docs: &[Value]) {
         None,
         "every namespace"
     );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--probe")),
+        "health checks are off by default: {args:?}"
+    );
     let c = container(d);
     let image = format!("etcd-bridge:{}", env!("CARGO_PKG_VERSION"));
     assert_eq!(c["image"], image.as_str());
@@ -340,6 +344,43 @@ fn check_tuning(docs: &[Value]) {
     assert_eq!(one(docs, "PodDisruptionBudget")["spec"]["minAvailable"], 2);
 }
 
+fn check_probe(docs: &[Value]) {
+    let args = args_of(one(docs, "Deployment"));
+    for (f, v) in [
+        ("--probe", "/services/,pay*"),
+        ("--probe-mode", "tcp"),
+        ("--probe-service", "payments.v1.Pay"),
+        ("--probe-interval", "10s"),
+        ("--probe-timeout", "2s"),
+        ("--probe-failure-threshold", "5"),
+        ("--probe-success-threshold", "2"),
+        ("--probe-jitter", "0.2"),
+        ("--probe-panic-threshold", "0.75"),
+    ] {
+        assert_eq!(flag(&args, f), Some(v), "{f}");
+    }
+    // The NetworkPolicy lets the health checks out, only where and on the ports said.
+    let np = one(docs, "NetworkPolicy");
+    let egress = np["spec"]["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 4, "etcd, API server, DNS, health checks");
+    let probes = json!({
+        "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+        "ports": [{"port": 50051, "protocol": "TCP"}],
+    });
+    assert_eq!(egress[3], probes);
+}
+
+fn check_probe_everything(docs: &[Value]) {
+    let args = args_of(one(docs, "Deployment"));
+    assert_eq!(flag(&args, "--probe"), Some("*"));
+    assert_eq!(flag(&args, "--probe-mode"), Some("grpc"));
+    assert_eq!(flag(&args, "--probe-service"), Some(""));
+    assert_eq!(flag(&args, "--probe-panic-threshold"), Some("0.5"));
+    let np = one(docs, "NetworkPolicy");
+    let egress = np["spec"]["egress"].as_array().unwrap();
+    assert_eq!(egress[3], json!({}), "not narrowed: any address and port");
+}
+
 fn check_one_replica(docs: &[Value]) {
     let args = args_of(one(docs, "Deployment"));
     assert_eq!(flag(&args, "--leader-election"), Some("false"));
@@ -489,6 +530,31 @@ async fn every_documented_combination_lints_renders_and_passes_the_api_servers_v
             check_tuning,
         ),
         combo(
+            "health checks of some services, narrowed by the NetworkPolicy",
+            &[
+                "etcd.prefixes[0]=/services/",
+                "probe.select[0]=/services/",
+                "probe.select[1]=pay*",
+                "probe.mode=tcp",
+                "probe.service=payments.v1.Pay",
+                "probe.interval=10s",
+                "probe.timeout=2s",
+                "probe.failureThreshold=5",
+                "probe.successThreshold=2",
+                "probe.jitter=0.2",
+                "probe.panicThreshold=0.75",
+                "networkPolicy.enabled=true",
+                "networkPolicy.probeTo[0].ipBlock.cidr=10.0.0.0/8",
+                "networkPolicy.probePorts[0]=50051",
+            ],
+            check_probe,
+        ),
+        combo(
+            "health checks of every service, NetworkPolicy on",
+            &["probe.select[0]=*", "networkPolicy.enabled=true"],
+            check_probe_everything,
+        ),
+        combo(
             "one replica, no leader election",
             &["replicas=1", "leaderElection.enabled=false"],
             check_one_replica,
@@ -516,6 +582,7 @@ fn every_flag_and_env_the_chart_renders_is_one_the_bridge_reads() {
         "writeback.namespace=apps",
         "writeback.selector=team=a",
         "extraArgs[0]=--etcd-timeout=9s",
+        "probe.select[0]=*",
     ];
     let yaml = template("rel", "default", &values).unwrap();
     let d = documents(&yaml);
@@ -621,6 +688,10 @@ fn bad_values_fail_with_a_message_that_names_the_field() {
             ],
         ),
         (&["image.pullPolicy=Sometimes"], &["image.pullPolicy"]),
+        (&["probe.mode=udp"], &["probe.mode", "grpc", "tcp"]),
+        (&["probe.failureThreshold=0"], &["probe.failureThreshold"]),
+        (&["probe.interval=often"], &["probe.interval", "pattern"]),
+        (&["probe.panicThreshold=2"], &["probe.panicThreshold"]),
         (&["targetNamespace=Not_A_Namespace"], &["targetNamespace"]),
     ];
     for (values, want) in cases {

@@ -390,9 +390,11 @@ pub fn bridge_help() -> &'static str {
     })
 }
 
-/// Whether `etcd-bridge run` has the flag `name` (e.g. `--writeback`).
+/// Whether `etcd-bridge run` has the flag `name` (e.g. `--writeback`), with a value or an
+/// optional one (`--probe [<PREFIX_OR_GLOB>]`).
 pub fn bridge_has_flag(name: &str) -> bool {
-    bridge_help().contains(&format!("{name} <"))
+    let help = bridge_help();
+    help.contains(&format!("{name} <")) || help.contains(&format!("{name} [<"))
 }
 
 /// One Secret key's content, decoded.

@@ -1,0 +1,116 @@
+//! Which registrations are probed: those under a source prefix named in `--probe`, or of a
+//! service whose registered name matches a glob there. Off by default (nothing named).
+
+use crate::error::{Error, Result};
+use crate::target::Target;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Source prefixes (each one of the `--prefix` values): every service under them.
+    prefixes: Vec<String>,
+    /// Globs (`*`, `?`) on the registered service name.
+    globs: Vec<String>,
+}
+
+impl Selector {
+    /// From the `--probe` entries: one ending with `/` is a source prefix and must be one of
+    /// `sources` (the watched prefixes); anything else is a glob on the service name.
+    pub fn parse(entries: &[String], sources: &[&str]) -> Result<Selector> {
+        let mut s = Selector::default();
+        for e in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+            if e.ends_with('/') {
+                if !sources.contains(&e) {
+                    return Err(Error::Config(format!(
+                        "--probe `{e}` ends with `/`, so it names a source prefix, but it is not one of the watched prefixes ({}); name a watched prefix, or a service-name glob such as `greeter*`",
+                        sources.join(", ")
+                    )));
+                }
+                s.prefixes.push(e.to_owned());
+            } else {
+                s.globs.push(e.to_owned());
+            }
+        }
+        Ok(s)
+    }
+
+    /// Whether anything is probed at all.
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.globs.is_empty()
+    }
+
+    /// Whether the endpoints of `target` are probed. A version's Service and the aggregate of
+    /// the same name are probed alike.
+    pub fn matches(&self, target: &Target) -> bool {
+        self.prefixes.contains(&target.prefix) || self.globs.iter().any(|g| glob(g, &target.name))
+    }
+}
+
+/// `*` matches any run of characters, `?` one character; everything else itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Iterative matching with one backtrack point for the last `*`: linear in practice.
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(prefix: &str, name: &str) -> Target {
+        Target {
+            prefix: prefix.into(),
+            name: name.into(),
+            version: None,
+        }
+    }
+
+    fn sel(entries: &[&str]) -> Result<Selector> {
+        let entries: Vec<String> = entries.iter().map(|s| s.to_string()).collect();
+        Selector::parse(&entries, &["/services/", "kitex/registry-etcd/"])
+    }
+
+    #[test]
+    fn off_unless_named() {
+        let s = sel(&[]).unwrap();
+        assert!(s.is_empty());
+        assert!(!s.matches(&target("/services/", "greeter")));
+        assert!(sel(&[" ", ""]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn by_prefix_or_by_name() {
+        let s = sel(&["kitex/registry-etcd/", "pay*", "a?c"]).unwrap();
+        assert!(s.matches(&target("kitex/registry-etcd/", "echo")));
+        assert!(s.matches(&target("/services/", "payments")));
+        assert!(s.matches(&Target {
+            version: Some("v1".into()),
+            ..target("/services/", "abc")
+        }));
+        assert!(!s.matches(&target("/services/", "greeter")));
+        assert!(!s.matches(&target("/services/", "abbc")));
+        assert!(sel(&["*"]).unwrap().matches(&target("/services/", "x")));
+    }
+
+    #[test]
+    fn a_prefix_must_be_watched() {
+        let e = sel(&["/other/"]).unwrap_err().to_string();
+        assert!(e.contains("/other/") && e.contains("/services/"), "{e}");
+    }
+}

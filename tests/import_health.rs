@@ -1,0 +1,366 @@
+//! Active health checks on the real test bed: Go gRPC servers with the standard health service
+//! (`tests/go/cmd/healthserver`), toggled SERVING and NOT_SERVING, SIGSTOPped and killed, and the
+//! EndpointSlice conditions following them; a weight-0 registration draining; the panic guard
+//! holding a Service whose servers mostly stop at once; a restarted bridge keeping what its
+//! slices show.
+//!
+//! Traffic stays on this machine: the servers listen on addresses this test assigns inside a
+//! network namespace it creates (`ip netns add`, a veth pair, 10.231.N.0/24: the test bed's
+//! `netns`), and every address registered is one of them. The bridge is stopped before the namespace is removed (locals drop
+//! in reverse order), so it never probes an address nothing here owns.
+
+mod common;
+
+use common::*;
+use etcd_bridge_testbed::netns::{Netns, healthserver};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const PORT: u16 = 50051;
+/// Fast probes, so the test is quick: every 500 ms, two failures to mark an endpoint down.
+const INTERVAL: Duration = Duration::from_millis(500);
+const PROBE_FLAGS: &[&str] = &[
+    "--probe=*",
+    "--probe-interval=500ms",
+    "--probe-timeout=250ms",
+    "--probe-failure-threshold=2",
+    "--aggregate=false",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The servers
+
+/// A network namespace with `n` server addresses assigned; fails the test if the sandbox refuses.
+fn netns(n: u32) -> (Netns, Vec<String>) {
+    let ns = Netns::create(n).unwrap_or_else(|e| panic!("{e}"));
+    let addrs = ns.assign(n).unwrap_or_else(|e| panic!("{e}"));
+    (ns, addrs.iter().map(|a| a.to_string()).collect())
+}
+
+/// A health server inside the namespace, listening on `ip`:[`PORT`].
+struct Server {
+    proc: Proc,
+    ip: String,
+}
+
+impl Server {
+    fn start(scope: &Scope, ns: &Netns, ip: &str) -> Server {
+        let log = scope
+            .bed
+            .dir
+            .join(format!("healthserver-{}-{ip}.log", scope.namespace));
+        let bin = healthserver().unwrap_or_else(|e| {
+            panic!("tests/go/cmd/healthserver could not be built (no skipping):\n{e}")
+        });
+        let args = ns.exec_args(bin, &[format!("-listen={ip}:{PORT}")]);
+        // `ip netns exec` execs the server: the pid is the server's, so signals reach it.
+        let mut proc = Proc::spawn("healthserver", Path::new("ip"), &args, &log)
+            .unwrap_or_else(|e| panic!("start a health server: {e}"));
+        let deadline = Instant::now() + WAIT;
+        while !proc.full_log().contains("serving on") {
+            assert!(
+                proc.is_running() && Instant::now() < deadline,
+                "the health server on {ip} did not start\n{}",
+                proc.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            proc,
+            ip: ip.to_string(),
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{PORT}", self.ip)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conditions
+
+/// (ready, serving, terminating), with the API's defaults for unset conditions.
+type Flags = (bool, bool, bool);
+const READY: Flags = (true, true, false);
+const DOWN: Flags = (false, false, false);
+const DRAINING: Flags = (false, true, true);
+
+/// Every endpoint of Service `service` and its conditions.
+async fn conditions(apis: &Apis, service: &str) -> Option<BTreeMap<String, Flags>> {
+    let slices = try_slices_of(&apis.slices, service).await?;
+    Some(
+        slices
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .map(|e| {
+                let c = e.conditions.clone().unwrap_or_default();
+                let ready = c.ready.unwrap_or(true);
+                let flags = (
+                    ready,
+                    c.serving.unwrap_or(ready),
+                    c.terminating.unwrap_or(false),
+                );
+                (e.addresses.join(","), flags)
+            })
+            .collect(),
+    )
+}
+
+/// Waits until Service `service` shows exactly `want`; returns how long that took.
+async fn shows(apis: &Apis, service: &str, want: &[(&str, Flags)]) -> Duration {
+    let want: BTreeMap<String, Flags> = want.iter().map(|(a, f)| (a.to_string(), *f)).collect();
+    let started = Instant::now();
+    eventually(&format!("{service} showing {want:?}"), WAIT, || async {
+        (conditions(apis, service).await? == want).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// The bridge's EndpointSlice writes (apply or delete) in this namespace since `mark`.
+fn slice_writes(scope: &Scope, mark: u64) -> usize {
+    let user = bridge_user(&scope.namespace);
+    object_writes(&audit_writes(
+        &scope.bed.cluster.audit_log(),
+        mark,
+        &scope.namespace,
+    ))
+    .iter()
+    .filter(|w| w.user == user && w.resource == "endpointslices")
+    .count()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn slice_conditions_follow_the_servers_health_one_write_per_change() {
+    let scope = Scope::new("health");
+    let (ns, ips) = netns(5);
+    let mut servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for (i, s) in servers.iter().enumerate() {
+        // The fifth is draining: registered with weight 0.
+        let weight = if i == 4 { 0 } else { 1 };
+        register(
+            &mut etcd,
+            &scope.prefix,
+            "greeter",
+            "v1",
+            &s.addr(),
+            weight,
+            600,
+        )
+        .await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, PROBE_FLAGS);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let all = |changed: &[(usize, Flags)]| -> Vec<(&str, Flags)> {
+        (0..5)
+            .map(|i| {
+                let base = if i == 4 { DRAINING } else { READY };
+                let f = changed.iter().find(|(j, _)| *j == i).map_or(base, |c| c.1);
+                (ips[i].as_str(), f)
+            })
+            .collect()
+    };
+    shows(&apis, "greeter-v1", &all(&[])).await;
+    // Every endpoint probed, and serving (the drained one serves too).
+    eventually("5 endpoints probed serving", WAIT, || async {
+        (bridge.metric(r#"etcd_bridge_probed_endpoints{state="serving"}"#) == Some(5.0))
+            .then_some(())
+    })
+    .await;
+
+    // NOT_SERVING and back, five times: the detection latency, and one write per change.
+    let mut detect = Vec::new();
+    for _ in 0..5 {
+        let mark = audit_mark(&scope.bed.cluster.audit_log());
+        servers[0].proc.signal("USR1");
+        detect.push(shows(&apis, "greeter-v1", &all(&[(0, DOWN)])).await);
+        // Nothing more while the states hold.
+        tokio::time::sleep(INTERVAL * 4).await;
+        assert_eq!(slice_writes(&scope, mark), 1, "one write for NOT_SERVING");
+        let mark = audit_mark(&scope.bed.cluster.audit_log());
+        servers[0].proc.signal("USR2");
+        shows(&apis, "greeter-v1", &all(&[])).await;
+        tokio::time::sleep(INTERVAL * 4).await;
+        assert_eq!(slice_writes(&scope, mark), 1, "one write for SERVING again");
+    }
+    detect.sort();
+    eprintln!(
+        "NOT_SERVING -> slice not ready: p50 {:?}, max {:?} over {} (interval {INTERVAL:?}; goal 2 x interval + 1 s)",
+        percentile(&detect, 0.5),
+        detect.last().unwrap(),
+        detect.len()
+    );
+    assert!(*detect.last().unwrap() <= INTERVAL * 2 + Duration::from_secs(1));
+
+    // `preview --probe` sees the same: one round, while the first server says NOT_SERVING.
+    servers[0].proc.signal("USR1");
+    shows(&apis, "greeter-v1", &all(&[(0, DOWN)])).await;
+    let (ok, out, err) = preview(
+        &scope.registry_endpoint,
+        &scope.prefix,
+        &["--probe", "--aggregate=false"],
+    );
+    assert!(ok, "preview --probe failed: {err}");
+    assert!(out.contains(&format!("{}(not-serving)", ips[0])), "{out}");
+    assert!(out.contains(&format!("{}(draining)", ips[4])), "{out}");
+    assert!(!out.contains("panic guard"), "{out}");
+    servers[0].proc.signal("USR2");
+    shows(&apis, "greeter-v1", &all(&[])).await;
+
+    // SIGSTOP: the kernel still accepts connections, the server never answers; probes time out.
+    servers[1].proc.signal("STOP");
+    let stopped = shows(&apis, "greeter-v1", &all(&[(1, DOWN)])).await;
+    servers[1].proc.signal("CONT");
+    shows(&apis, "greeter-v1", &all(&[])).await;
+
+    // Killed: connections are refused.
+    servers[2].proc.kill();
+    let gone = shows(&apis, "greeter-v1", &all(&[(2, DOWN)])).await;
+    eprintln!("SIGSTOP -> not ready in {stopped:?}; SIGKILL -> not ready in {gone:?}");
+    let text = bridge.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    for outcome in ["not_serving", "timed_out", "unreachable", "serving"] {
+        let series = format!(r#"etcd_bridge_probes_total{{outcome="{outcome}"}}"#);
+        let n = etcd_bridge_testbed::metrics::value(&text, &series).unwrap_or(0.0);
+        assert!(n >= 1.0, "{series} = {n}\n{text}");
+    }
+    assert!(text.contains("etcd_bridge_probe_duration_seconds_count"));
+    assert_eq!(
+        bridge.metric("etcd_bridge_panic_guard_activations_total"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn the_panic_guard_keeps_a_service_ready_when_most_servers_stop_at_once() {
+    let scope = Scope::new("health-panic");
+    let (ns, ips) = netns(4);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(
+            &mut etcd,
+            &scope.prefix,
+            "payments",
+            "v1",
+            &s.addr(),
+            1,
+            600,
+        )
+        .await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, PROBE_FLAGS);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let ready: Vec<(&str, Flags)> = servers.iter().map(|s| (s.ip.as_str(), READY)).collect();
+    shows(&apis, "payments-v1", &ready).await;
+
+    // Three of four stop at once: more than half fail, so all four are kept ready.
+    for s in &servers[..3] {
+        s.proc.signal("STOP");
+    }
+    let started = Instant::now();
+    eventually("the panic guard holding payments-v1", WAIT, || async {
+        (bridge.metric("etcd_bridge_panic_guard_services") == Some(1.0)).then_some(())
+    })
+    .await;
+    eprintln!("panic guard engaged {:?} after the stop", started.elapsed());
+    shows(&apis, "payments-v1", &ready).await;
+    // And it stays so while they are stopped.
+    tokio::time::sleep(INTERVAL * 6).await;
+    assert_eq!(
+        conditions(&apis, "payments-v1").await.unwrap(),
+        ready.iter().map(|(a, f)| (a.to_string(), *f)).collect(),
+        "kept ready while the guard holds"
+    );
+    assert_eq!(
+        bridge.metric("etcd_bridge_panic_guard_activations_total"),
+        Some(1.0)
+    );
+    let events = scope.kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "--field-selector=reason=PanicGuard",
+        "-o",
+        "jsonpath={.items[*].note}",
+    ]);
+    assert!(events.contains("3 of 4 endpoints"), "{events:?}");
+
+    for s in &servers[..3] {
+        s.proc.signal("CONT");
+    }
+    eventually("the panic guard releasing payments-v1", WAIT, || async {
+        (bridge.metric("etcd_bridge_panic_guard_services") == Some(0.0)).then_some(())
+    })
+    .await;
+    shows(&apis, "payments-v1", &ready).await;
+}
+
+#[tokio::test]
+async fn a_restarted_bridge_keeps_a_failed_endpoint_not_ready() {
+    let scope = Scope::new("health-restart");
+    let (ns, ips) = netns(3);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(&mut etcd, &scope.prefix, "orders", "v1", &s.addr(), 1, 600).await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut first = scope.bridge(&kubeconfig, PROBE_FLAGS);
+    first.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    servers[0].proc.signal("USR1");
+    let want = [
+        (servers[0].ip.as_str(), DOWN),
+        (servers[1].ip.as_str(), READY),
+        (servers[2].ip.as_str(), READY),
+    ];
+    shows(&apis, "orders-v1", &want).await;
+
+    // A new bridge takes over: it starts from what the slices show, so the endpoint that is not
+    // serving never flaps to ready while the new leader's own probes begin.
+    first.stop();
+    let mark = audit_mark(&scope.bed.cluster.audit_log());
+    let mut second = scope.bridge(&kubeconfig, PROBE_FLAGS);
+    second.leading(WAIT).await;
+    let until = Instant::now() + INTERVAL * 8;
+    while Instant::now() < until {
+        let now = conditions(&apis, "orders-v1").await.unwrap_or_default();
+        assert_eq!(
+            now.get(servers[0].ip.as_str()),
+            Some(&DOWN),
+            "flapped after the restart: {now:?}\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        slice_writes(&scope, mark),
+        0,
+        "the new leader wrote nothing"
+    );
+    // It does probe: the server's recovery shows.
+    servers[0].proc.signal("USR2");
+    shows(&apis, "orders-v1", &want.map(|(a, _)| (a, READY))).await;
+}
