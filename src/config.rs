@@ -195,8 +195,8 @@ pub struct WritebackArgs {
     /// in the keys on a lease for every Put with it (etcd issue 15993).
     #[arg(long = "writeback-keys-per-lease", env = "ETCD_BRIDGE_WRITEBACK_KEYS_PER_LEASE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub keys_per_lease: u32,
-    /// How many EtcdRegistrations call the Kubernetes API at once (finalizer, status, Events,
-    /// a followed Service). Their etcd writes do not wait for this.
+    /// How many EtcdRegistration objects are written at once (finalizer, status, Events). Their
+    /// keys reach etcd without waiting for these writes.
     #[arg(long = "writeback-concurrency", env = "ETCD_BRIDGE_WRITEBACK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     /// Which namespaces may publish which service names: comma-separated NS_GLOB:SERVICE_GLOB

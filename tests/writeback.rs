@@ -8,6 +8,9 @@ mod watches;
 // Write-back in formats other than the seed's.
 #[path = "writeback/formats.rs"]
 mod formats;
+// Many etcd leases: at most N keys each, one keepalive stream each, lost ones put again.
+#[path = "writeback/leases.rs"]
+mod leases;
 
 use common::*;
 use etcd_client::{Client as Etcd, EventType, GetOptions, WatchOptions};

@@ -3,11 +3,11 @@
 //! leader's can expire (no DELETE for watchers during a failover). A lost lease gets a pass over
 //! the objects whose keys were on it.
 //!
-//! A pass writes etcd first and the object (finalizer, status, Events) after, waiting for a
-//! permit to write to the apiserver: 10,000 objects reach etcd in seconds while the apiserver
-//! takes their writes N at a time. A key is briefly in etcd before its object has the finalizer;
-//! if adding the finalizer fails, or the object is already gone, the pass deletes the object's
-//! keys again, so no key outlives its object.
+//! A pass writes etcd, then queues what the object needs (finalizer, status, Events) for the
+//! publishers (`object`, `publish`), which write to the apiserver a few at a time: 10,000 objects
+//! reach etcd in seconds, their objects follow. A key is thus in etcd before its object has the
+//! finalizer; if the finalizer cannot be added, or the object is already gone, the publisher
+//! deletes the object's keys again, so that no key outlives its object.
 
 use crate::config::{EtcdArgs, WritebackArgs};
 use crate::error::{Error, Result};
@@ -15,11 +15,12 @@ use crate::metrics::Metrics;
 use crate::writeback::crd::EtcdRegistration;
 use crate::writeback::desired::{self, DesiredKey};
 use crate::writeback::freed;
+use crate::writeback::keys::Keys;
 use crate::writeback::lease::{Leases, Owner};
 use crate::writeback::object::{FINALIZER, Finalizer, Objects};
 use crate::writeback::policy::Policy;
-use crate::writeback::status::{self, Lookup, Source, Written};
-use crate::writeback::store::{self, Put};
+use crate::writeback::publish::Publication;
+use crate::writeback::status::{self, Lookup, Source};
 use crate::writeback::triggers;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -27,7 +28,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -35,7 +36,7 @@ use kube::{Client, ResourceExt};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -43,16 +44,22 @@ use tracing::Instrument;
 /// etcd, the leases); a pass this long after the last one is a backstop for anything missed.
 const BACKSTOP: Duration = Duration::from_secs(300);
 
+/// Passes at once. Bounded: kube-runtime polls every running pass on each wake-up, so 10,000 at
+/// once cost the bridge a minute of CPU; a pass waits for etcd only, so 64 keep etcd busy.
+const PASSES_AT_ONCE: u16 = 64;
+
+/// A failed write to an object is retried (by a new pass) after this long.
+const RETRY: Duration = Duration::from_secs(5);
+
 struct Ctx {
     client: Client,
+    keys: Keys,
     objects: Objects,
-    etcd: etcd_client::Client,
-    leases: Arc<Leases>,
     leader: watch::Receiver<bool>,
     prefix: String,
-    instance: String,
     policy: Policy,
-    metrics: Arc<Metrics>,
+    /// Objects whose write failed, for a new pass.
+    retry: mpsc::UnboundedSender<Owner>,
 }
 
 /// Runs the controller until `shutdown`.
@@ -75,17 +82,24 @@ pub async fn run(
         shutdown.clone(),
     );
     forget_when_not_leading(leases.clone(), leader.clone(), shutdown.clone());
+    let (retry, retries) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
-        objects: Objects::new(client.clone(), args.concurrency.into()),
+        objects: Objects::new(client.clone()),
         client: client.clone(),
-        etcd,
-        leases,
+        keys: Keys {
+            etcd,
+            leases,
+            metrics,
+            instance,
+        },
         leader: leader.clone(),
         prefix: args.prefix.clone(),
-        instance,
         policy,
-        metrics,
+        retry,
     });
+    for _ in 0..args.concurrency {
+        tokio::spawn(publisher(ctx.clone(), shutdown.clone()));
+    }
     tracing::info!(policy = %ctx.policy.describe(), prefix = %ctx.prefix, "write-back controller starting");
 
     let (regs, slices, services) = match &args.namespace {
@@ -104,12 +118,12 @@ pub async fn run(
     if let Some(selector) = &args.selector {
         config = config.labels(selector);
     }
-    // Unbounded: a pass waits for etcd, then for a permit to write to the apiserver (see
-    // `object`), so that etcd's part of every pass goes ahead.
-    let controller = Controller::new(regs, config);
+    let controller =
+        Controller::new(regs, config).with_config(Config::default().concurrency(PASSES_AT_ONCE));
     // Keys that leave etcd: the registrations that want them get a pass at once (a foreign key
     // that blocked one is gone); a broken watch, once back, means everything gets one.
-    let (freed_keys, missed) = freed::watch(ctx.etcd.clone(), ctx.prefix.clone(), shutdown.clone());
+    let (freed_keys, missed) =
+        freed::watch(ctx.keys.etcd.clone(), ctx.prefix.clone(), shutdown.clone());
     // Everything again when this replica becomes leader, or deletions in etcd may have been
     // missed.
     let again = futures::stream::select(became_true(leader), missed);
@@ -129,8 +143,11 @@ pub async fn run(
         .reconcile_on(freed_keys.flat_map(move |key| {
             futures::stream::iter(triggers::wanting_key(&by_key.state(), &prefix, &key))
         }))
-        // The objects whose keys were on a lease that is gone.
-        .reconcile_on(lost.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
+        // The objects whose keys were on a lease that is gone, and those whose write failed.
+        .reconcile_on(
+            futures::stream::select(lost, stream_of(retries))
+                .map(|(ns, name)| ObjectRef::new(&name).within(&ns)),
+        )
         .reconcile_all_on(again)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -189,6 +206,12 @@ fn forget_when_not_leading(
     });
 }
 
+fn stream_of<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
 fn became_true(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> {
     futures::stream::unfold(rx, |mut rx| async move {
         loop {
@@ -217,12 +240,11 @@ async fn reconcile(obj: Arc<EtcdRegistration>, ctx: Arc<Ctx>) -> Result<Action> 
         if obj.metadata.deletion_timestamp.is_some() {
             if has_finalizer {
                 cleanup(&obj, &ctx).await?;
-                let _permit = ctx.objects.permit().await;
                 ctx.objects.remove_finalizer(&obj).await?;
             }
             return Ok(Action::await_change());
         }
-        apply(&obj, &ctx, has_finalizer).await
+        apply(obj, &ctx, has_finalizer).await
     }
     .instrument(span)
     .await
@@ -241,8 +263,6 @@ async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
             source,
         }
     };
-    // Reads too, a few at a time: every pass of a new leader starts at once.
-    let _permit = ctx.objects.permit().await;
     let svc = Api::<Service>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&r.name)
         .await
@@ -261,123 +281,103 @@ async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
     Ok(status::from_slices(&ns, r, &slices.items))
 }
 
-async fn apply(obj: &EtcdRegistration, ctx: &Ctx, has_finalizer: bool) -> Result<Action> {
-    let ns = obj.namespace().unwrap_or_default();
-    let owner = desired::owner(&ctx.instance, &ns, &obj.name_any());
-    let me: Owner = (ns.clone(), obj.name_any());
+async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Result<Action> {
+    let me: Owner = (obj.namespace().unwrap_or_default(), obj.name_any());
     let prev = obj.status.clone().unwrap_or_default();
-    let source = addresses(obj, ctx).await?;
+    let source = addresses(&obj, ctx).await?;
     let want: Vec<DesiredKey> = match &source {
-        Source::Addresses(a) => desired::keys(&ctx.prefix, &owner, &obj.spec, a),
+        Source::Addresses(a) => desired::keys(&ctx.prefix, &ctx.keys.owner(&me), &obj.spec, a),
         _ => Vec::new(),
     };
-    let mut etcd = ctx.etcd.clone();
-    let mut written = Written {
-        wanted: want.len(),
-        ..Written::default()
-    };
-    let keys: Vec<String> = want.iter().map(|d| d.key.clone()).collect();
-    let placed = ctx.leases.place(&me, &keys).await?;
-    let items: Vec<store::Item> = want
-        .iter()
-        .zip(&placed)
-        .map(|(d, (_, lease))| store::Item {
-            key: &d.key,
-            value: &d.value,
-            lease: *lease,
-        })
-        .collect();
-    let results = store::put_all(&mut etcd, &items, &owner, &ctx.metrics).await?;
-    let mut leases = BTreeSet::new();
-    let mut put = 0;
-    for (i, result) in items.iter().zip(results) {
-        match result {
-            Put::LeaseGone => {
-                // Dropping the lease names this object (and the others on it) for a pass,
-                // which places its keys on a live lease.
-                ctx.leases.lost(i.lease, "etcd refused a Put with it").await;
-                return Err(Error::WriteBack {
-                    key: i.key.to_string(),
-                    reason: format!(
-                        "etcd no longer has lease {:x}; put again under another",
-                        i.lease
-                    ),
-                });
-            }
-            Put::Conflict(who) => {
-                ctx.leases.release(&me, i.key).await;
-                written.conflicts.push(format!("{} (held by {who})", i.key))
-            }
-            Put::Written => {
-                ctx.metrics.etcd_write("put");
-                put += 1;
-                leases.insert(i.lease);
-                written.registered.push(i.key.to_string());
-            }
-            Put::Unchanged => {
-                leases.insert(i.lease);
-                written.registered.push(i.key.to_string())
-            }
-        }
-    }
-    written.leases = leases.into_iter().collect();
-    let wanted: BTreeSet<&str> = want.iter().map(|d| d.key.as_str()).collect();
-    let mut deleted = 0;
-    for stale in prev.keys.iter().filter(|k| !wanted.contains(k.as_str())) {
-        if store::delete(&mut etcd, stale, &owner).await? {
-            ctx.metrics.etcd_write("delete");
-            deleted += 1;
-        }
-    }
-    if put > 0 || deleted > 0 {
+    let done = ctx.keys.write(&me, &want, &prev.keys).await?;
+    if done.put > 0 || done.deleted > 0 {
         tracing::info!(
-            put,
-            deleted,
-            conflicts = written.conflicts.len(),
+            put = done.put,
+            deleted = done.deleted,
+            conflicts = done.written.conflicts.len(),
             "etcd keys updated"
         );
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let next = status::status(&source, &written, &prev, obj.metadata.generation, now);
-    let notes = status::changes(&prev, &next);
-    if has_finalizer && notes.is_none() {
+    let next = status::status(&source, &done.written, &prev, obj.metadata.generation, now);
+    let status = status::changes(&prev, &next)
+        .filter(|_| !ctx.objects.already_written(&me, &prev, &next))
+        .map(|notes| (next, notes));
+    if has_finalizer && status.is_none() {
         return Ok(Action::requeue(BACKSTOP));
     }
-    let _permit = ctx.objects.permit().await;
-    if !has_finalizer {
-        // The keys are in etcd before the finalizer is on the object: take them back unless it
-        // is, so that none outlives a deleted object.
-        let added = ctx.objects.add_finalizer(obj).await;
-        if !matches!(added, Ok(Finalizer::Added)) {
-            remove_keys(obj, ctx, &written.registered).await?;
-            return match added {
-                Ok(_) => Ok(Action::await_change()), // gone
-                Err(e) => Err(e),
-            };
-        }
-    }
-    if let Some(notes) = notes {
-        ctx.objects.publish_status(obj, &next, &notes).await?;
-    }
+    let keys = done.written.registered.into_iter().collect();
+    ctx.objects.push(
+        me,
+        Publication {
+            object: obj,
+            finalizer: !has_finalizer,
+            status,
+            keys,
+        },
+    );
     Ok(Action::requeue(BACKSTOP))
 }
 
+/// Writes what passes queued for their objects, until `shutdown`; a failed write gets its object
+/// a new pass a little later.
+async fn publisher(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        let (me, p) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = ctx.objects.next() => next,
+        };
+        // A write cut short by shutdown is the next leader's to do; until it ends, this task
+        // holds the leadership receiver (in `ctx`) that must go for the Lease to be released.
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = publish(&ctx, &me, &p) => r,
+        };
+        if result.is_err() {
+            ctx.objects.failed(&me);
+        }
+        ctx.objects.done(&me);
+        if let Err(e) = result {
+            tracing::warn!(registration = %format!("{}/{}", me.0, me.1), error = %e, "write-back: could not write the object; a new pass in {RETRY:?}");
+            let retry = ctx.retry.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY).await;
+                let _ = retry.send(me);
+            });
+        }
+    }
+}
+
+async fn publish(ctx: &Ctx, me: &Owner, p: &Publication<Arc<EtcdRegistration>>) -> Result<()> {
+    let obj = &p.object;
+    if p.finalizer {
+        // Its keys are in etcd: take them back unless the object keeps the finalizer.
+        let added = ctx.objects.add_finalizer(obj).await;
+        if !matches!(added, Ok(Finalizer::Added)) {
+            ctx.keys.remove(me, &p.keys).await?;
+            return added.map(|_| ()); // gone: nothing more to do
+        }
+    }
+    if let Some((status, notes)) = &p.status {
+        ctx.objects.publish_status(obj, status, notes).await?;
+    }
+    Ok(())
+}
+
 /// The object is being deleted: remove exactly the keys it owns.
-async fn cleanup(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
-    let ns = obj.namespace().unwrap_or_default();
-    let owner = desired::owner(&ctx.instance, &ns, &obj.name_any());
+async fn cleanup(obj: &EtcdRegistration, ctx: &Ctx) -> Result<()> {
+    let me: Owner = (obj.namespace().unwrap_or_default(), obj.name_any());
+    ctx.objects.forget(&me);
     let mut keys: BTreeSet<String> = obj.status.iter().flat_map(|s| s.keys.clone()).collect();
     if let Some(a) = &obj.spec.addresses {
         let addrs: Vec<String> = a.iter().map(|a| a.0.clone()).collect();
         keys.extend(
-            desired::keys(&ctx.prefix, &owner, &obj.spec, &addrs)
+            desired::keys(&ctx.prefix, &ctx.keys.owner(&me), &obj.spec, &addrs)
                 .into_iter()
                 .map(|d| d.key),
         );
     }
-    let keys: Vec<String> = keys.into_iter().collect();
-    remove_keys(obj, ctx, &keys).await?;
-    let _permit = ctx.objects.permit().await;
+    ctx.keys.remove(&me, &keys).await?;
     ctx.objects
         .event(
             obj,
@@ -386,19 +386,5 @@ async fn cleanup(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Action> {
             &format!("removed {} keys from etcd", keys.len()),
         )
         .await;
-    Ok(Action::await_change())
-}
-
-/// Deletes the object's `keys` that it owns, and frees their lease slots.
-async fn remove_keys(obj: &EtcdRegistration, ctx: &Ctx, keys: &[String]) -> Result<()> {
-    let ns = obj.namespace().unwrap_or_default();
-    let owner = desired::owner(&ctx.instance, &ns, &obj.name_any());
-    let mut etcd = ctx.etcd.clone();
-    for k in keys {
-        if store::delete(&mut etcd, k, &owner).await? {
-            ctx.metrics.etcd_write("delete");
-        }
-    }
-    ctx.leases.forget(&(ns, obj.name_any())).await;
     Ok(())
 }

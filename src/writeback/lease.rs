@@ -8,7 +8,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::etcd::cause::describe;
 use crate::metrics::Metrics;
-use crate::writeback::lease_pool::{LeasePool, NeedLeases};
+use crate::writeback::lease_pool::{LeasePool, NeedLeases, Placed};
 use etcd_client::Client;
 use futures::Stream;
 use std::sync::Arc;
@@ -54,12 +54,8 @@ impl Leases {
     }
 
     /// `owner` now wants exactly `keys`: the lease each goes on, granting leases when every one
-    /// is full. The keys the owner no longer wants free their slots.
-    pub async fn place(
-        self: &Arc<Self>,
-        owner: &Owner,
-        keys: &[String],
-    ) -> Result<Vec<(String, i64)>> {
+    /// is full. The keys the owner no longer wants free their slots, and are named.
+    pub async fn place(self: &Arc<Self>, owner: &Owner, keys: &[String]) -> Result<Placed> {
         // One placement at a time: two reconciles short of room grant one lease, not two.
         let mut pool = self.pool.lock().await;
         loop {
@@ -80,6 +76,11 @@ impl Leases {
     /// `owner` does not hold `key` (another registrant does): its slot is free.
     pub async fn release(&self, owner: &Owner, key: &str) {
         self.pool.lock().await.release(owner, key);
+    }
+
+    /// The keys `owner` wants, by the pool.
+    pub async fn keys_of(&self, owner: &Owner) -> Vec<String> {
+        self.pool.lock().await.keys_of(owner).into_keys().collect()
     }
 
     /// `owner` is gone: every slot it held is free.

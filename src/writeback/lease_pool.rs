@@ -34,6 +34,15 @@ struct Slot<O> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NeedLeases(pub usize);
 
+/// Where an owner's keys go, and which keys it wanted before and no longer does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Each key asked for, in order, with its lease.
+    pub leases: Vec<(String, i64)>,
+    /// Keys this owner wanted and no longer names: to delete from etcd, if it holds them.
+    pub dropped: Vec<String>,
+}
+
 impl<O: Ord + Clone> LeasePool<O> {
     /// A pool of at most `per_lease` keys per lease (at least 1).
     pub fn new(per_lease: usize) -> Self {
@@ -54,10 +63,10 @@ impl<O: Ord + Clone> LeasePool<O> {
     }
 
     /// `owner` now wants exactly `keys`: the lease for each of them, and the owner's other keys
-    /// are released. A key already placed keeps its lease; the others go on the first leases (in
+    /// are released (and named). A key already placed keeps its lease; the others go on the first leases (in
     /// grant order) with room, all on one lease when one has room for all of them. When the
     /// room is short, nothing changes and the answer says how many leases to grant first.
-    pub fn place(&mut self, owner: &O, keys: &[String]) -> Result<Vec<(String, i64)>, NeedLeases> {
+    pub fn place(&mut self, owner: &O, keys: &[String]) -> Result<Placed, NeedLeases> {
         let fresh: BTreeSet<&String> = keys
             .iter()
             .filter(|k| !self.keys.contains_key(*k))
@@ -99,7 +108,8 @@ impl<O: Ord + Clone> LeasePool<O> {
         }
         let wanted: BTreeSet<String> = keys.iter().cloned().collect();
         let before = self.wants.remove(owner).unwrap_or_default();
-        for gone in before.difference(&wanted) {
+        let dropped: Vec<String> = before.difference(&wanted).cloned().collect();
+        for gone in &dropped {
             self.unown(owner, gone);
         }
         let placed = keys
@@ -113,7 +123,10 @@ impl<O: Ord + Clone> LeasePool<O> {
         if !wanted.is_empty() {
             self.wants.insert(owner.clone(), wanted);
         }
-        Ok(placed)
+        Ok(Placed {
+            leases: placed,
+            dropped,
+        })
     }
 
     /// `owner` no longer wants `key` (deleted, or another registrant holds it): once no owner
@@ -225,7 +238,7 @@ mod tests {
     ) -> Vec<(String, i64)> {
         loop {
             match pool.place(&owner.to_string(), keys) {
-                Ok(placed) => return placed,
+                Ok(placed) => return placed.leases,
                 Err(NeedLeases(n)) => {
                     assert!(n > 0);
                     for _ in 0..n {
@@ -246,7 +259,13 @@ mod tests {
             Err(NeedLeases(3))
         );
         assert!(pool.usage().is_empty(), "nothing placed while short");
-        assert_eq!(pool.place(&"a".into(), &[]), Ok(vec![]));
+        assert_eq!(
+            pool.place(&"a".into(), &[]),
+            Ok(Placed {
+                leases: vec![],
+                dropped: vec![]
+            })
+        );
     }
 
     #[test]
@@ -270,7 +289,7 @@ mod tests {
         let placed = pool
             .place(&"c".into(), &keys("c", 1))
             .expect("room on lease 1");
-        assert_eq!(placed, [("/c/0".to_string(), 1)]);
+        assert_eq!(placed.leases, [("/c/0".to_string(), 1)]);
         assert_eq!(pool.usage(), [(1, 2), (2, 2)]);
     }
 
@@ -291,7 +310,10 @@ mod tests {
         );
         // A freed slot on lease 1 does not pull the third key back.
         pool.release(&"a".to_string(), "/a/0");
-        assert_eq!(pool.place(&"a".into(), &keys("a", 3)).unwrap()[2].1, 2);
+        assert_eq!(
+            pool.place(&"a".into(), &keys("a", 3)).unwrap().leases[2].1,
+            2
+        );
     }
 
     #[test]
@@ -302,7 +324,7 @@ mod tests {
         place_granting(&mut pool, &mut next, "y", &keys("y", 4)); // lease 2: full
         pool.release(&"y".to_string(), "/y/0");
         pool.release(&"y".to_string(), "/y/1"); // lease 2: 2 free
-        let placed = pool.place(&"z".into(), &keys("z", 2)).unwrap();
+        let placed = pool.place(&"z".into(), &keys("z", 2)).unwrap().leases;
         assert!(placed.iter().all(|(_, l)| *l == 2), "{placed:?}");
     }
 
@@ -350,7 +372,8 @@ mod tests {
         let mut next = 0;
         let a = "a".to_string();
         place_granting(&mut pool, &mut next, "a", &keys("a", 3));
-        place_granting(&mut pool, &mut next, "a", &keys("a", 1));
+        let again = pool.place(&a, &keys("a", 1)).unwrap();
+        assert_eq!(again.dropped, ["/a/1", "/a/2"], "named, to delete");
         assert_eq!(pool.usage(), [(1, 1)]);
         assert_eq!(pool.keys_of(&a).len(), 1);
         pool.forget(&a);
@@ -407,6 +430,11 @@ mod tests {
                                 pool.place(&o, &want).expect("room after granting what it asked")
                             }
                         };
+                        let before = wants.get(&o).cloned().unwrap_or_default();
+                        let now: BTreeSet<String> = want.iter().cloned().collect();
+                        let dropped: BTreeSet<String> = placed.dropped.iter().cloned().collect();
+                        prop_assert_eq!(dropped, before.difference(&now).cloned().collect::<BTreeSet<_>>());
+                        let placed = placed.leases;
                         prop_assert_eq!(placed.len(), want.len());
                         for (key, lease) in placed {
                             if let Some(before) = at.get(&key) {

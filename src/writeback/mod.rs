@@ -10,17 +10,20 @@
 //! - `store`: compare-and-put / compare-and-delete transactions that never touch a key another
 //!   owner holds.
 //! - `freed`: the watch on keys leaving etcd under the write-back prefix.
-//! - `object`: writes to the objects (finalizer, status, Events), a few at a time.
+//! - `keys`: an object's keys in etcd, on their leases; `publish`: the queue of writes to the
+//!   objects (pure); `object`: those writes (finalizer, status, Events), a few at a time.
 //! - `controller`: the kube-runtime controller that ties them together (leader only).
 
 pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod freed;
+pub mod keys;
 pub mod lease;
 pub mod lease_pool;
 pub mod object;
 pub mod policy;
+pub mod publish;
 pub mod status;
 pub mod store;
 pub mod triggers;

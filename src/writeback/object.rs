@@ -1,23 +1,32 @@
-//! Writes to the EtcdRegistration objects themselves: the finalizer, the status and Events. At
-//! most N reconciles call the apiserver at once (a permit each): a new leader over 10,000
-//! objects starts them all, their etcd writes go ahead, and the apiserver sees N requests at a
-//! time instead of thousands (which it answered with timeouts).
+//! Writes to the EtcdRegistration objects themselves: the finalizer, the status and Events.
+//! Passes queue them (see `publish`) once their keys are in etcd, and N workers write them: a new
+//! leader over 10,000 objects gets every key into etcd in seconds, and the apiserver sees N
+//! requests at a time instead of thousands (which it answered with timeouts).
 
 use crate::error::{Error, Result};
 use crate::labels::FIELD_MANAGER;
 use crate::writeback::crd::{EtcdRegistration, EtcdRegistrationStatus};
-use crate::writeback::status::Note;
+use crate::writeback::lease::Owner;
+use crate::writeback::publish::{Publication, Queue};
+use crate::writeback::status::{Note, digest};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 pub const FINALIZER: &str = "etcd-bridge.io/registration";
 
 pub struct Objects {
     client: Client,
     recorder: Recorder,
-    permits: Semaphore,
+    queue: Mutex<Queue<Owner, Arc<EtcdRegistration>>>,
+    wake: Notify,
+    /// The digest of the status last queued for each object (written, or about to be), until
+    /// the cache shows it: a pass that reads the object before then would otherwise write the
+    /// same status (and Events) again.
+    published: Mutex<HashMap<Owner, u64>>,
 }
 
 /// How adding the finalizer went.
@@ -28,8 +37,7 @@ pub enum Finalizer {
 }
 
 impl Objects {
-    /// Writes with `client`, at most `at_once` reconciles at a time.
-    pub fn new(client: Client, at_once: usize) -> Objects {
+    pub fn new(client: Client) -> Objects {
         Objects {
             recorder: Recorder::new(
                 client.clone(),
@@ -39,25 +47,100 @@ impl Objects {
                 },
             ),
             client,
-            permits: Semaphore::new(at_once.max(1)),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            published: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The right to call the apiserver, held for one reconcile's reads or writes (first come,
-    /// first served); released in between, so that no pass holds two.
-    pub async fn permit(&self) -> SemaphorePermit<'_> {
-        self.permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed")
+    /// Queues `p` for the object `key`.
+    pub fn push(&self, key: Owner, p: Publication<Arc<EtcdRegistration>>) {
+        if let Some((status, _)) = &p.status {
+            self.published
+                .lock()
+                .expect("not poisoned")
+                .insert(key.clone(), digest(status));
+        }
+        self.queue.lock().expect("not poisoned").push(key, p);
+        self.wake.notify_one();
+    }
+
+    /// The next write, waiting for one.
+    pub async fn next(&self) -> (Owner, Publication<Arc<EtcdRegistration>>) {
+        loop {
+            let notified = self.wake.notified();
+            if let Some(next) = self.queue.lock().expect("not poisoned").take() {
+                // Another worker may be waiting too.
+                self.wake.notify_one();
+                return next;
+            }
+            notified.await;
+        }
+    }
+
+    /// The write of `key` failed: its status is not written, whatever was queued.
+    pub fn failed(&self, key: &Owner) {
+        self.published.lock().expect("not poisoned").remove(key);
+    }
+
+    /// The write of `key` is over.
+    pub fn done(&self, key: &Owner) {
+        self.queue.lock().expect("not poisoned").done(key);
+        self.wake.notify_one();
+    }
+
+    /// Writes queued and not yet started.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().expect("not poisoned").len()
+    }
+
+    /// The object is gone: nothing more to write, nothing to remember.
+    pub fn forget(&self, key: &Owner) {
+        self.queue.lock().expect("not poisoned").forget(key);
+        self.published.lock().expect("not poisoned").remove(key);
+    }
+
+    /// Whether `status` is what was last queued for the object (written, or about to be), which
+    /// the cache (showing `cached`) has not caught up with yet.
+    pub fn already_written(
+        &self,
+        key: &Owner,
+        cached: &EtcdRegistrationStatus,
+        status: &EtcdRegistrationStatus,
+    ) -> bool {
+        let mut published = self.published.lock().expect("not poisoned");
+        match published.get(key) {
+            // The cache shows it: from now on the cache is the reference.
+            Some(d) if *d == digest(cached) => {
+                published.remove(key);
+                false
+            }
+            Some(d) => *d == digest(status),
+            None => false,
+        }
     }
 
     fn api(&self, obj: &EtcdRegistration) -> Api<EtcdRegistration> {
         Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default())
     }
 
-    /// Adds our finalizer, provided the finalizers did not change since `obj` was read.
+    /// Adds our finalizer, provided the finalizers did not change since `obj` was read; when the
+    /// patch fails, the object as it is now says whether it has the finalizer (added by an
+    /// earlier write from an older copy, or by this one before an error) or is gone.
     pub async fn add_finalizer(&self, obj: &EtcdRegistration) -> Result<Finalizer> {
+        let Err(e) = self.try_add_finalizer(obj).await else {
+            return Ok(Finalizer::Added);
+        };
+        match self.api(obj).get_opt(&obj.name_any()).await {
+            Ok(None) => Ok(Finalizer::Gone),
+            Ok(Some(now)) if now.finalizers().iter().any(|f| f == FINALIZER) => {
+                Ok(Finalizer::Added)
+            }
+            _ => Err(e),
+        }
+    }
+
+    async fn try_add_finalizer(&self, obj: &EtcdRegistration) -> Result<()> {
         let now = obj.finalizers();
         let ops = if now.is_empty() {
             serde_json::json!([
@@ -83,9 +166,14 @@ impl Objects {
             {"op": "test", "path": path, "value": FINALIZER},
             {"op": "remove", "path": path},
         ]);
-        self.json_patch(obj, ops, "remove the finalizer from")
-            .await
-            .map(|_| ())
+        match self.json_patch(obj, ops, "remove the finalizer from").await {
+            // Gone already: nothing holds it.
+            Err(Error::Kube {
+                source: kube::Error::Api(e),
+                ..
+            }) if e.code == 404 => Ok(()),
+            r => r,
+        }
     }
 
     async fn json_patch(
@@ -93,21 +181,17 @@ impl Objects {
         obj: &EtcdRegistration,
         ops: serde_json::Value,
         what: &str,
-    ) -> Result<Finalizer> {
+    ) -> Result<()> {
         let patch: Patch<()> =
             Patch::Json(serde_json::from_value(ops).expect("a valid JSON patch"));
-        match self
-            .api(obj)
+        self.api(obj)
             .patch(&obj.name_any(), &PatchParams::default(), &patch)
             .await
-        {
-            Ok(_) => Ok(Finalizer::Added),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Finalizer::Gone),
-            Err(source) => Err(Error::Kube {
+            .map(|_| ())
+            .map_err(|source| Error::Kube {
                 context: format!("{what} EtcdRegistration {}", describe(obj)),
                 source,
-            }),
-        }
+            })
     }
 
     /// Records `notes` as Events and writes `status`.

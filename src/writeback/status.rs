@@ -222,6 +222,29 @@ pub fn changes(prev: &EtcdRegistrationStatus, next: &EtcdRegistrationStatus) -> 
     Some(notes)
 }
 
+/// What a status says, without the times: equal digests, nothing new to write.
+pub fn digest(s: &EtcdRegistrationStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut conditions: Vec<_> = s
+        .conditions
+        .iter()
+        .map(|c| {
+            (
+                &c.type_,
+                &c.status,
+                &c.reason,
+                &c.message,
+                c.observed_generation,
+            )
+        })
+        .collect();
+    conditions.sort();
+    conditions.hash(&mut h);
+    (&s.keys, s.endpoints, &s.lease_id, s.observed_generation).hash(&mut h);
+    h.finish()
+}
+
 /// `False` conditions that only say "nothing wrong" are not worth an Event.
 fn event_worthy(c: &Condition) -> bool {
     !(c.status == "False" && matches!(c.reason.as_str(), "Allowed" | "NoConflict"))
@@ -501,6 +524,34 @@ mod tests {
         );
         let next_gen = status(&src, &written, &first, Some(2), at(9));
         assert_eq!(changes(&first, &next_gen), Some(vec![]));
+    }
+
+    #[test]
+    fn the_digest_ignores_the_times_only() {
+        let src = Source::Addresses(vec!["10.0.0.1:1".into()]);
+        let written = Written {
+            wanted: 1,
+            registered: vec!["/a/10.0.0.1:1".into()],
+            leases: vec![1],
+            conflicts: vec![],
+        };
+        let first = status(&src, &written, &Default::default(), Some(1), at(1));
+        // Computed again from a stale copy: a new transition time, the same news.
+        let again = status(&src, &written, &Default::default(), Some(1), at(9));
+        assert_ne!(first, again);
+        assert_eq!(digest(&first), digest(&again));
+        let relet = Written {
+            leases: vec![2],
+            ..written.clone()
+        };
+        assert_ne!(
+            digest(&first),
+            digest(&status(&src, &relet, &first, Some(1), at(9)))
+        );
+        assert_ne!(
+            digest(&first),
+            digest(&status(&src, &written, &first, Some(2), at(9)))
+        );
     }
 
     #[test]
