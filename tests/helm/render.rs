@@ -46,6 +46,8 @@ fn check_defaults(docs: &[Value]) {
         ("--writeback-policy", "*:*"),
         ("--writeback-prefix", "/"),
         ("--writeback-lease-ttl", "30s"),
+        ("--writeback-keys-per-lease", "1000"),
+        ("--writeback-concurrency", "32"),
         ("--import-own-registrations", "false"),
         ("--log-format", "text"),
     ] {
@@ -317,6 +319,8 @@ fn check_tuning(docs: &[Value]) {
         ("--delete-confirm-delay", "2m"),
         ("--lease-duration", "30s"),
         ("--writeback-lease-ttl", "45s"),
+        ("--writeback-keys-per-lease", "250"),
+        ("--writeback-concurrency", "8"),
         ("--prefix", "/services/,/grpc/"),
         ("--etcd-timeout", "10s"),
     ] {
@@ -512,6 +516,8 @@ async fn every_documented_combination_lints_renders_and_passes_the_api_servers_v
                 "import.deleteConfirmDelay=2m",
                 "leaderElection.leaseDuration=30s",
                 "writeback.leaseTTL=45s",
+                "writeback.keysPerLease=250",
+                "writeback.concurrency=8",
                 "etcd.prefixes[0]=/services/",
                 "etcd.prefixes[1]=/grpc/",
                 "etcd.timeout=10s",
