@@ -178,7 +178,7 @@ impl Sizes {
                 health_interval: Duration::from_millis(500),
                 probe_endpoints: 60,
                 probe_interval: Duration::from_millis(500),
-                probe_window: Duration::from_secs(2),
+                probe_window: Duration::from_secs(1),
                 settle: Duration::from_secs(1),
                 drain: Duration::from_secs(15),
                 converge_timeout: Duration::from_secs(60),
