@@ -3,6 +3,7 @@
 //! bridge's spawn until the watch shows every Service and slice in place, with the bridge's peak
 //! RSS after that:
 //! - seed only, N × 6 registrations under one prefix: the baseline, in the same run and shape;
+//! - seed only, N under each of six prefixes: what six prefixes cost, formats aside;
 //! - the six formats, N each (the same total, about 10k): per-endpoint memory must not grow;
 //! - the six formats, 10,000 each (60k).
 //!
@@ -46,6 +47,14 @@ pub async fn section(ctx: &mut Ctx) -> Value {
             label: "seed",
             prefixes: vec![("/bench-fmt-seed/".into(), Format::Seed, small * SIX.len())],
         },
+        // The control: the same six prefixes, all in the seed's format. What the formats add
+        // is "mixed" over this; what six prefixes add is this over "seed".
+        Estate {
+            label: "seed-six",
+            prefixes: (0..SIX.len())
+                .map(|i| (format!("/bench-fmt-seed6/p{i}/"), Format::Seed, small))
+                .collect(),
+        },
         Estate {
             label: "mixed",
             prefixes: six("mixed", small),
@@ -72,6 +81,7 @@ pub async fn section(ctx: &mut Ctx) -> Value {
     };
     let summary = json!({
         "seed_vm_hwm_mib": r3(hwm("seed")),
+        "seed_six_prefixes_vm_hwm_mib": r3(hwm("seed_six")),
         "mixed_vm_hwm_mib": r3(hwm("mixed")),
         "mixed_big_vm_hwm_mib": r3(hwm("mixed_big")),
         "seed_kib_per_endpoint": r3(per_kib("seed")),
@@ -100,9 +110,8 @@ async fn estate(ctx: &mut Ctx, e: &Estate) -> Value {
     // What etcd holds, and what the watch should show: Service name → addresses.
     let mut kvs = Vec::with_capacity(total);
     let mut want: HashMap<String, BTreeSet<String>> = HashMap::new();
-    for (prefix, format, n) in &e.prefixes {
+    for (k, (prefix, format, n)) in e.prefixes.iter().enumerate() {
         // Names of one length in every estate: they are in every object the bridge caches.
-        let k = SIX.iter().position(|f| f == format).unwrap_or(0);
         for i in 0..*n {
             let service = format!("f{k}-{:05}", i / PER_SERVICE);
             let ip = fresh_ip();
@@ -214,10 +223,11 @@ pub fn brief(v: &Value) -> String {
     let s = &v["summary"];
     let r = |k: &str, f: &str| v[k][f].clone();
     format!(
-        "seed {} regs: in place {} s, {} MiB; six formats {} regs: {} s, {} MiB; six formats {} regs: {} s, {} MiB ({} KiB per added endpoint)",
+        "seed {} regs: in place {} s, {} MiB (six seed prefixes: {} MiB); six formats {} regs: {} s, {} MiB; six formats {} regs: {} s, {} MiB ({} KiB per added endpoint)",
         r("seed", "registrations"),
         r("seed", "in_place_s"),
         s["seed_vm_hwm_mib"],
+        s["seed_six_prefixes_vm_hwm_mib"],
         r("mixed", "registrations"),
         r("mixed", "in_place_s"),
         s["mixed_vm_hwm_mib"],
