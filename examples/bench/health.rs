@@ -17,7 +17,7 @@ use crate::Ctx;
 use crate::bridge::{BRIDGE_OWNED, Bridge, note_log_warnings, stop_bridge};
 use crate::changes::create_namespace;
 use crate::harness::{DONE, block, progress, step};
-use crate::stats::{Stats, r3};
+use crate::stats::{Stats, r3, secs};
 use etcd_bridge_testbed::netns::{Netns, healthserver};
 use etcd_bridge_testbed::process::Proc;
 use etcd_bridge_testbed::seed::{seed_key, seed_value};
@@ -38,23 +38,26 @@ const STEADY_PORT: u16 = 50052;
 
 /// A health server inside `ns`, listening on `listen`; waits until it says it serves.
 pub fn start_server(ctx: &Ctx, ns: &Netns, listen: &str, label: &str) -> Proc {
-    let bin = healthserver()
+    // Built with `go build` the first time (then cached): blocking work.
+    let bin = block(healthserver)
         .unwrap_or_else(|e| panic!("tests/go/cmd/healthserver could not be built:\n{e}"));
     let log = ctx.bed.dir.join(format!("healthserver-{label}.log"));
     let args = ns.exec_args(bin, &[format!("-listen={listen}")]);
     // `ip netns exec` execs the server: the pid is the server's, so signals reach it.
-    let mut proc = block(|| Proc::spawn("healthserver", Path::new("ip"), &args, &log))
-        .unwrap_or_else(|e| panic!("start a health server on {listen}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !proc.full_log().contains("serving on") {
-        assert!(
-            proc.is_running() && Instant::now() < deadline,
-            "the health server on {listen} did not start\n{}",
-            proc.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    proc
+    block(|| {
+        let mut proc = Proc::spawn("healthserver", Path::new("ip"), &args, &log)
+            .unwrap_or_else(|e| panic!("start a health server on {listen}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !proc.full_log().contains("serving on") {
+            assert!(
+                proc.is_running() && Instant::now() < deadline,
+                "the health server on {listen} did not start\n{}",
+                proc.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        proc
+    })
 }
 
 /// The bridge's probe flags for `interval` (the timeout is the default 1 s, or half a shorter
@@ -216,10 +219,16 @@ pub async fn section(ctx: &mut Ctx) -> Value {
         interval * 3 + Duration::from_secs(10),
     )
     .await;
-    progress(&format!(
-        "every endpoint probed serving {:?} after ready",
-        probed
-    ));
+    match probed {
+        Some(t) => progress(&format!(
+            "every endpoint probed serving {} after ready",
+            secs(Some(t))
+        )),
+        None => ctx.anomalies.push(format!(
+            "health: not every one of {} endpoints was probed serving before the flips",
+            3 * services
+        )),
+    }
     let wait = interval * 2 + Duration::from_secs(5);
     let (mut down, mut up) = (Vec::new(), Vec::new());
     let (mut changes, mut writes, mut metric_writes, mut missed) = (0usize, 0usize, 0.0, 0usize);
@@ -228,10 +237,12 @@ pub async fn section(ctx: &mut Ctx) -> Value {
         let mark = ctx.audit.mark();
         let m0 = slice_metric(&bridge).await;
         {
-            let mut s = watch.lock();
-            s.samples.clear();
+            watch.lock().samples.clear();
+            // Each timed from just before its own signal; the lock is not held while `kill`
+            // runs, so the watch is never kept waiting.
             for (ip, p) in &flipped {
-                s.pending.insert(ip.clone(), (!to_down, Instant::now()));
+                let t = Instant::now();
+                watch.lock().pending.insert(ip.clone(), (!to_down, t));
                 p.signal(if to_down { "USR1" } else { "USR2" });
             }
         }
