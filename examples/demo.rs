@@ -48,10 +48,9 @@ async fn main() {
     );
 
     step("installing the EtcdRegistration CRD (generated from the Rust types)");
-    let crd = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crds/etcdregistrations.etcd-bridge.io.yaml"),
-    )
+    let crd = std::fs::read_to_string(etcd_bridge_testbed::repo::path(
+        "crds/etcdregistrations.etcd-bridge.io.yaml",
+    ))
     .expect("read crds/etcdregistrations.etcd-bridge.io.yaml");
     bed.cluster
         .install_crd(&crd, "etcdregistrations.etcd-bridge.io")
