@@ -11,7 +11,7 @@ T := $(CARGO_TARGET_DIR)
 .PHONY: help deps build demo test lint bench crds clean-cache
 
 help:
-	@echo "make demo   - run the bridge on a local test bed (etcd + kube-apiserver) and show what it does"
+	@echo "make demo   - run the bridge on a local test bed (etcd, kube-apiserver, a real node) and show what it does"
 	@echo "make test   - install whatever is missing, then run every test (lint, unit, integration, demo)"
 	@echo "make bench  - benchmarks (release build): latency, burst, cold start, memory; see docs/benchmarks.md"
 
