@@ -25,8 +25,18 @@ pub enum Command {
     /// Print, from etcd alone and with no cluster, what `run` would write, and every key it would
     /// skip with the reason.
     Preview(Box<PreviewArgs>),
-    /// Print the EtcdRegistration CRD (YAML), generated from the Rust types.
-    Crd,
+    /// Print a CRD (YAML), generated from the Rust types: EtcdRegistration (the default) or
+    /// EtcdSource.
+    Crd {
+        #[arg(value_enum, default_value = "etcdregistrations")]
+        kind: CrdKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CrdKind {
+    Etcdregistrations,
+    Etcdsources,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -359,7 +369,7 @@ fn source(s: &str) -> std::result::Result<Source, String> {
     })
 }
 
-fn humantime(s: &str) -> std::result::Result<Duration, String> {
+pub(crate) fn humantime(s: &str) -> std::result::Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use etcd_bridge::config::{Cli, Command, LogFormat, PreviewArgs, PreviewOutput, RunArgs};
+use etcd_bridge::config::{Cli, Command, CrdKind, LogFormat, PreviewArgs, PreviewOutput, RunArgs};
 use etcd_bridge::http::{self, Health};
 use etcd_bridge::import::{self, Reconciler, Tuning};
 use etcd_bridge::k8s::{ClusterView, Writer};
@@ -27,8 +27,14 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             preview_cmd(*args).await
         }
-        Command::Crd => {
-            print!("{}", etcd_bridge::writeback::crd::crd_yaml());
+        Command::Crd { kind } => {
+            print!(
+                "{}",
+                match kind {
+                    CrdKind::Etcdregistrations => etcd_bridge::writeback::crd::crd_yaml(),
+                    CrdKind::Etcdsources => etcd_bridge::source::crd::crd_yaml(),
+                }
+            );
             Ok(())
         }
     }
