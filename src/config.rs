@@ -385,6 +385,25 @@ pub(crate) fn humantime(s: &str) -> std::result::Result<Duration, String> {
 }
 
 impl EtcdArgs {
+    /// How to reach etcd, as the flags say (the `default` source's connection).
+    pub fn connection(&self) -> crate::source::spec::Connection {
+        use crate::source::spec::{Connection, Credentials, Pem};
+        let file = |p: &Option<std::path::PathBuf>| p.clone().map(Pem::File);
+        Connection {
+            endpoints: self.endpoints.clone(),
+            credentials: match (&self.username, &self.password) {
+                (Some(u), Some(p)) => Some(Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }),
+                _ => None,
+            },
+            ca: file(&self.ca_file),
+            identity: file(&self.cert_file).zip(file(&self.key_file)),
+            timeout: self.timeout,
+        }
+    }
+
     /// Checks what clap cannot: prefix shape, and credentials that come in pairs.
     pub fn validate(&self) -> Result<()> {
         for Source { prefix: p, format } in &self.prefixes {

@@ -136,7 +136,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tx, etcd_rx) = tokio::sync::mpsc::channel(1024);
     for source in &args.etcd.prefixes {
         tokio::spawn(etcd_bridge::etcd::watch_prefix(
-            args.etcd.clone(),
+            args.etcd.connection(),
             source.prefix.clone(),
             tx.clone(),
             metrics.clone(),

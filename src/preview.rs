@@ -67,12 +67,13 @@ pub struct Report {
 /// after one round of health checks of the probed endpoints.
 pub async fn preview(etcd: &EtcdArgs, proj: &ProjectionArgs, probe: &ProbeArgs) -> Result<Report> {
     let selector = probe.selector(etcd)?;
-    let mut client = crate::etcd::connect(etcd).await?;
+    let connection = etcd.connection();
+    let mut client = crate::etcd::connect(&connection).await?;
     // As `run` does by default: keys this instance wrote back are listed as skipped, not projected.
     let mut snapshot =
         Snapshot::new(etcd.prefixes.clone(), proj.aggregate).skip_own(&proj.instance);
     for prefix in etcd.prefixes.iter().map(|s| &s.prefix) {
-        let (kvs, _) = crate::etcd::read_prefix(&mut client, etcd, prefix).await?;
+        let (kvs, _) = crate::etcd::read_prefix(&mut client, &connection, prefix).await?;
         snapshot.reset_prefix(prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
     }
     let probed = match selector.is_empty() {

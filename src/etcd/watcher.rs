@@ -14,9 +14,9 @@
 use super::cause::Cause;
 use super::rewind::{self, AtRevision, Fingerprint, Header, Source};
 use crate::backoff::Backoff;
-use crate::config::EtcdArgs;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::source::spec::Connection;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Watches `prefix` until `shutdown`, sending updates to `tx`. Never returns an error: every
 /// failure is logged, counted and retried with backoff.
 pub async fn watch_prefix(
-    args: EtcdArgs,
+    args: Connection,
     prefix: String,
     tx: mpsc::Sender<Update>,
     metrics: Arc<Metrics>,
@@ -146,7 +146,7 @@ enum Ended {
 }
 
 struct Watcher {
-    args: EtcdArgs,
+    args: Connection,
     prefix: String,
     tx: mpsc::Sender<Update>,
     metrics: Arc<Metrics>,

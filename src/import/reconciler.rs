@@ -550,11 +550,12 @@ impl Reconciler {
     /// Reads every prefix again (linearizable) and brings the cache to it: missed events are
     /// recovered, and deletions held by the guard are confirmed if the keys are really gone.
     async fn reread(&mut self) -> Result<()> {
-        let mut client = crate::etcd::connect(&self.etcd).await?;
+        let connection = self.etcd.connection();
+        let mut client = crate::etcd::connect(&connection).await?;
         let mut lists = Vec::new();
         let prefixes: Vec<String> = self.snapshot.prefixes().map(str::to_owned).collect();
         for prefix in prefixes {
-            let (kvs, _) = crate::etcd::read_prefix(&mut client, &self.etcd, &prefix).await?;
+            let (kvs, _) = crate::etcd::read_prefix(&mut client, &connection, &prefix).await?;
             lists.push((prefix, kvs));
         }
         for (prefix, kvs) in lists {

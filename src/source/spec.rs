@@ -34,6 +34,18 @@ pub enum Pem {
     Inline(Vec<u8>),
 }
 
+impl Pem {
+    pub fn read(&self) -> crate::error::Result<Vec<u8>> {
+        match self {
+            Pem::Inline(b) => Ok(b.clone()),
+            Pem::File(path) => std::fs::read(path).map_err(|source| crate::error::Error::Io {
+                context: format!("read {}", path.display()),
+                source,
+            }),
+        }
+    }
+}
+
 impl fmt::Debug for Pem {
     // Never print key material.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,22 +156,9 @@ pub fn from_flags(
     projection: &ProjectionArgs,
     writeback: &WritebackArgs,
 ) -> SourceConfig {
-    let file = |p: &Option<PathBuf>| p.clone().map(Pem::File);
     SourceConfig {
         name: DEFAULT_SOURCE.into(),
-        connection: Connection {
-            endpoints: etcd.endpoints.clone(),
-            credentials: match (&etcd.username, &etcd.password) {
-                (Some(u), Some(p)) => Some(Credentials {
-                    username: u.clone(),
-                    password: p.clone(),
-                }),
-                _ => None,
-            },
-            ca: file(&etcd.ca_file),
-            identity: file(&etcd.cert_file).zip(file(&etcd.key_file)),
-            timeout: etcd.timeout,
-        },
+        connection: etcd.connection(),
         prefixes: etcd.prefixes.clone(),
         target_namespace: projection.namespace.clone(),
         name_prefix: String::new(),
