@@ -133,10 +133,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (view, cluster_rx) = ClusterView::start(client.clone(), ns, &args.projection.instance);
     let writer = Writer::new(client.clone(), view, metrics.clone());
 
+    let default_source =
+        etcd_bridge::source::spec::from_flags(&args.etcd, &args.projection, &args.writeback);
     let (tx, etcd_rx) = tokio::sync::mpsc::channel(1024);
     for source in &args.etcd.prefixes {
         tokio::spawn(etcd_bridge::etcd::watch_prefix(
-            args.etcd.connection(),
+            default_source.connection.clone(),
+            default_source.name.clone(),
             source.prefix.clone(),
             tx.clone(),
             metrics.clone(),
@@ -183,7 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
     let reconciler = Reconciler::new(
-        args.etcd.clone(),
+        vec![default_source],
         args.projection.aggregate,
         (!args.writeback.import_own).then_some(args.projection.instance.as_str()),
         args.projection.projection_config(),

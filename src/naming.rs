@@ -179,7 +179,13 @@ fn candidate(target: &Target, attempt: u32) -> String {
     if attempt == 0 {
         return dns_label(&target.raw_name());
     }
-    let mut identity = format!(
+    // The flags' source keeps the hashes it always had; another source's differ from it.
+    let mut identity = match target.source.as_str() {
+        crate::source::spec::DEFAULT_SOURCE => String::new(),
+        source => format!("{source}\0"),
+    };
+    let _ = write!(
+        identity,
         "{}{}\0{}",
         target.prefix,
         target.name,
@@ -292,10 +298,36 @@ mod tests {
 
     fn t(prefix: &str, name: &str, version: Option<&str>) -> Target {
         Target {
+            source: "default".into(),
             prefix: prefix.into(),
             name: name.into(),
             version: version.map(Into::into),
         }
+    }
+
+    #[test]
+    fn two_sources_wanting_one_name_follow_the_stable_name_rule() {
+        let of = |source: &str| Target {
+            source: source.into(),
+            ..t("/services/", "greeter", None)
+        };
+        let (a, b) = (of("region-a"), of("region-b"));
+        // New to both: the first in sort order has it.
+        let (names, collisions) = assign([&a, &b], &BTreeMap::new());
+        assert_eq!(names[&a], "greeter");
+        assert!(names[&b].starts_with("greeter-") && names[&b] != names[&a]);
+        assert_eq!(collisions[0].winner, a);
+        // In use by region-b: it keeps the name, whatever the order.
+        let in_use = BTreeMap::from([("greeter".to_owned(), b.clone())]);
+        let (names, _) = assign([&a, &b], &in_use);
+        assert_eq!(names[&b], "greeter");
+        assert!(names[&a].starts_with("greeter-"));
+        // Each source's hashed name is its own; the flags' source keeps the hash it had.
+        assert_ne!(candidate(&a, 1), candidate(&b, 1));
+        assert_eq!(
+            candidate(&of("default"), 1),
+            with_hash("greeter", &hash8(b"/services/greeter\0"))
+        );
     }
 
     #[test]
@@ -509,6 +541,7 @@ mod tests {
             proptest::option::of(part),
         )
             .prop_map(|(prefix, name, version)| Target {
+                source: "default".into(),
                 prefix: prefix.to_owned(),
                 name,
                 version,

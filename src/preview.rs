@@ -142,13 +142,21 @@ impl Report {
             if let Some(p) = health.panic {
                 panics.push((name.clone(), p));
             }
-            let slices = plan::slice_changes(name, &groups, &health.unhealthy, &[], None, cfg)
-                .into_iter()
-                .filter_map(|c| match c {
-                    SliceChange::Apply(s) => Some(s),
-                    SliceChange::Delete(_) => None,
-                })
-                .collect();
+            let slices = plan::slice_changes(
+                &wanted.target.source,
+                name,
+                &groups,
+                &health.unhealthy,
+                &[],
+                None,
+                cfg,
+            )
+            .into_iter()
+            .filter_map(|c| match c {
+                SliceChange::Apply(s) => Some(s),
+                SliceChange::Delete(_) => None,
+            })
+            .collect();
             services.push((*svc, slices));
         }
         services.sort_by_key(|(s, _)| s.name_any());

@@ -40,6 +40,8 @@ pub struct Source {
 }
 
 pub struct Snapshot {
+    /// The registry these keys are read from; its targets carry its name.
+    source: String,
     sources: Vec<Source>,
     aggregate: bool,
     /// `{instance}/`: values whose owner marker starts with it were written back by this bridge
@@ -55,6 +57,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(sources: Vec<Source>, aggregate: bool) -> Self {
         Snapshot {
+            source: crate::source::spec::DEFAULT_SOURCE.to_owned(),
             sources,
             aggregate,
             skip_owner: None,
@@ -62,6 +65,16 @@ impl Snapshot {
             entries: BTreeMap::new(),
             targets: BTreeMap::new(),
         }
+    }
+
+    /// The keys of the source `name` (the flags' `default` unless said).
+    pub fn of_source(mut self, name: &str) -> Self {
+        self.source = name.to_owned();
+        self
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Skips the values this bridge instance wrote back.
@@ -79,7 +92,7 @@ impl Snapshot {
     fn targets_of(&self, key: &str, entry: &Entry) -> Vec<Target> {
         match (entry, self.source_of(key)) {
             (Entry::Valid(reg, _), Some(source)) => {
-                target::targets_of(&source.prefix, reg, self.aggregate).collect()
+                target::targets_of(&self.source, &source.prefix, reg, self.aggregate).collect()
             }
             _ => Vec::new(),
         }
@@ -277,6 +290,7 @@ mod tests {
 
     fn target(name: &str, version: Option<&str>) -> Target {
         Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: name.into(),
             version: version.map(Into::into),
@@ -368,6 +382,7 @@ mod tests {
         assert!(s.put(key, v("b").as_bytes()).targets.is_empty());
         // The version lives in the value: the versioned target finds the key without a key range.
         let versioned = Target {
+            source: "default".into(),
             prefix: "/microservices/".into(),
             name: "h".into(),
             version: Some("v1".into()),

@@ -29,22 +29,35 @@ pub enum KvEvent {
     Delete { key: Vec<u8> },
 }
 
+/// What the import reconciler takes in: from a watcher, about its source's keys; from the
+/// source supervisor, about the sources themselves.
 #[derive(Debug)]
 pub enum Update {
     /// Everything under `prefix`, at one revision.
     Listed {
+        source: String,
         prefix: String,
         kvs: Vec<(Vec<u8>, Vec<u8>)>,
         revision: i64,
     },
     /// Changes in revision order, with the time they were received (for the sync-latency metric).
     Events {
+        source: String,
         events: Vec<KvEvent>,
         received: Instant,
     },
     /// The watch of `prefix` is established (true) or broken (false). Also false, while
     /// connected, just before a relist caused by a rewound etcd: not ready until `Listed`.
-    Connected { prefix: String, up: bool },
+    Connected {
+        source: String,
+        prefix: String,
+        up: bool,
+    },
+    /// A source to import from, new or changed (a changed one starts empty: its watchers list
+    /// it again). Sent before its watchers start.
+    Source(Box<crate::source::SourceConfig>),
+    /// A source gone: its Services go. Sent after its watchers stopped.
+    SourceGone(String),
 }
 
 /// How often an unreachable etcd is probed (a TCP connect) while the watcher waits to retry.
@@ -54,6 +67,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// failure is logged, counted and retried with backoff.
 pub async fn watch_prefix(
     args: Connection,
+    source: String,
     prefix: String,
     tx: mpsc::Sender<Update>,
     metrics: Arc<Metrics>,
@@ -61,6 +75,7 @@ pub async fn watch_prefix(
 ) {
     let mut w = Watcher {
         args,
+        source,
         prefix,
         tx,
         metrics,
@@ -99,6 +114,7 @@ pub async fn watch_prefix(
         w.metrics.watch_restarts.inc();
         w.metrics.etcd_connected.set(0);
         w.send(Update::Connected {
+            source: w.source.clone(),
             prefix: w.prefix.clone(),
             up: false,
         })
@@ -147,6 +163,7 @@ enum Ended {
 
 struct Watcher {
     args: Connection,
+    source: String,
     prefix: String,
     tx: mpsc::Sender<Update>,
     metrics: Arc<Metrics>,
@@ -175,6 +192,7 @@ impl Watcher {
                 self.seen = Some(listing.header);
                 self.fingerprint = listing.fingerprint;
                 let listed = Update::Listed {
+                    source: self.source.clone(),
                     prefix: self.prefix.clone(),
                     kvs: listing.kvs,
                     revision: rev,
@@ -194,6 +212,7 @@ impl Watcher {
         let watched = client.watch(self.prefix.as_bytes(), Some(opts)).await;
         let mut stream = self.etcd(watched).await?;
         let up = Update::Connected {
+            source: self.source.clone(),
             prefix: self.prefix.clone(),
             up: true,
         };
@@ -260,8 +279,16 @@ impl Watcher {
                 self.revision = Some(self.revision.map_or(r, |cur| cur.max(r)));
                 rewind::seen_revision(&mut self.seen, r);
             }
-            if !events.is_empty() && !self.send(Update::Events { events, received }).await {
-                return Ok(Ended::Closed);
+            if !events.is_empty() {
+                let source = self.source.clone();
+                let update = Update::Events {
+                    source,
+                    events,
+                    received,
+                };
+                if !self.send(update).await {
+                    return Ok(Ended::Closed);
+                }
             }
         }
         let ended = format!("the watch stream of {} ended", self.prefix);
@@ -312,6 +339,7 @@ impl Watcher {
         self.seen = None;
         self.fingerprint = Fingerprint::default();
         self.send(Update::Connected {
+            source: self.source.clone(),
             prefix: self.prefix.clone(),
             up: false,
         })

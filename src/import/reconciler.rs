@@ -5,23 +5,23 @@
 //! Writes are coalesced: a flush handles each Service once, however many of its registrations
 //! changed, and an unchanged Service costs no write.
 
-use crate::config::EtcdArgs;
 use crate::diff::SliceChange;
 use crate::error::Result;
-use crate::etcd::{KvEvent, Update};
+use crate::etcd::Update;
 use crate::http::Health;
 use crate::import::guard::{self, Limits};
 use crate::import::panic_guard::Panic;
 use crate::import::plan::{self, Decision, ServiceStep, Wanted};
+use crate::import::registries::Registries;
 use crate::import::schedule::{self, Schedule};
 use crate::k8s::{ObjectEvent, Writer};
-use crate::metrics::{KindLabels, Metrics, ReasonLabels, StateLabels};
+use crate::metrics::{KindLabels, Metrics};
 use crate::naming;
 use crate::probe::link::PanicChange;
 use crate::probe::{Link, Verdict};
 use crate::projection::{self, ProjectionConfig};
 use crate::slicing::{self, SlicePlan};
-use crate::snapshot::{Change, Snapshot};
+use crate::source::SourceConfig;
 use crate::target::Target;
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+mod intake;
 
 /// How many Services are synced at once; each one's own writes stay in order.
 const CONCURRENCY: usize = 16;
@@ -58,7 +60,7 @@ pub struct Tuning {
 }
 
 pub struct Reconciler {
-    snapshot: Snapshot,
+    registries: Registries,
     cfg: ProjectionConfig,
     names: BTreeMap<Target, String>,
     by_name: HashMap<String, Target>,
@@ -72,8 +74,9 @@ pub struct Reconciler {
     /// When the oldest unflushed etcd event arrived, for the sync-latency metric.
     oldest_event: Option<Instant>,
     schedule: Schedule,
-    listed: BTreeSet<String>,
-    etcd_up: BTreeMap<String, bool>,
+    /// (source, prefix) pairs listed, and whether their watch is up.
+    listed: BTreeSet<(String, String)>,
+    etcd_up: BTreeMap<(String, String), bool>,
     cluster_ready: bool,
     leader: bool,
     /// The first complete sync as leader is done: deletions are allowed from then on, and
@@ -85,7 +88,6 @@ pub struct Reconciler {
     confirm_at: Option<Instant>,
     /// A confirming read agreed with the cache: the next flush may remove what was held.
     deletions_confirmed: bool,
-    etcd: EtcdArgs,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Services already reported for a weight clamped in Cilium's annotation.
@@ -95,9 +97,10 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// `sources`: those known at start (the flags' own); more come as [`Update::Source`].
     /// `skip_own`: the bridge instance whose written-back keys are not imported (no loop).
     pub fn new(
-        etcd: EtcdArgs,
+        sources: Vec<SourceConfig>,
         aggregate: bool,
         skip_own: Option<&str>,
         cfg: ProjectionConfig,
@@ -105,12 +108,12 @@ impl Reconciler {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
-        let snapshot = Snapshot::new(etcd.prefixes.clone(), aggregate);
+        let mut registries = Registries::new(aggregate, skip_own);
+        for s in sources {
+            registries.set(s);
+        }
         Reconciler {
-            snapshot: match skip_own {
-                Some(instance) => snapshot.skip_own(instance),
-                None => snapshot,
-            },
+            registries,
             cfg,
             names: BTreeMap::new(),
             by_name: HashMap::new(),
@@ -129,7 +132,6 @@ impl Reconciler {
             held: BTreeSet::new(),
             confirm_at: None,
             deletions_confirmed: false,
-            etcd,
             metrics,
             health,
             clamped: Default::default(),
@@ -161,7 +163,7 @@ impl Reconciler {
         let Some(link) = self.probes.as_mut() else {
             return;
         };
-        let snapshot = &self.snapshot;
+        let snapshot = &self.registries;
         let all = initial.then(|| snapshot.targets()).into_iter().flatten();
         let changed = (self.dirty_targets.iter().chain(all))
             .map(|t| (t, projection::group(snapshot.registrations(t))));
@@ -201,81 +203,6 @@ impl Reconciler {
             }
             None => {}
         }
-    }
-
-    fn all_listed(&self) -> bool {
-        self.snapshot.prefixes().all(|p| self.listed.contains(p))
-    }
-
-    /// Takes in one update from an etcd watcher.
-    pub fn on_update(&mut self, update: Update) {
-        let change = match update {
-            Update::Listed { prefix, kvs, .. } => {
-                self.listed.insert(prefix.clone());
-                self.etcd_up.insert(prefix.clone(), true);
-                self.health.set_etcd(self.etcd_up.values().all(|u| *u));
-                self.snapshot
-                    .reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])))
-            }
-            Update::Events { events, received } => {
-                if self.synced {
-                    self.oldest_event.get_or_insert(received);
-                }
-                let mut change = Change::default();
-                for ev in events {
-                    let c = match ev {
-                        KvEvent::Put { key, value } => self.snapshot.put(&key, &value),
-                        KvEvent::Delete { key } => self.snapshot.delete(&key),
-                    };
-                    change.targets.extend(c.targets);
-                    change.newly_skipped.extend(c.newly_skipped);
-                }
-                change
-            }
-            Update::Connected { prefix, up } => {
-                self.etcd_up.insert(prefix, up);
-                self.health.set_etcd(self.etcd_up.values().all(|u| *u));
-                return;
-            }
-        };
-        self.note_change(change);
-    }
-
-    fn note_change(&mut self, change: Change) {
-        for (key, reason) in &change.newly_skipped {
-            if *reason == crate::format::SkipReason::OwnRegistration {
-                // Expected, not a fault: no warning.
-                tracing::debug!(key = %key.escape_debug(), "not importing a written-back registration");
-            } else {
-                tracing::warn!(key = %key.escape_debug(), reason = reason.label(), "skipping registration: {reason}");
-            }
-            self.metrics
-                .skipped
-                .get_or_create(&ReasonLabels {
-                    reason: reason.label(),
-                })
-                .inc();
-        }
-        let (valid, skipped) = self.snapshot.counts();
-        self.metrics
-            .registrations
-            .get_or_create(&StateLabels { state: "projected" })
-            .set(valid as i64);
-        self.metrics
-            .registrations
-            .get_or_create(&StateLabels { state: "skipped" })
-            .set(skipped as i64);
-        if change
-            .targets
-            .iter()
-            .any(|t| self.snapshot.has_target(t) != self.names.contains_key(t))
-        {
-            self.targets_changed = true;
-        }
-        if !change.targets.is_empty() {
-            self.schedule.changed(Instant::now());
-        }
-        self.dirty_targets.extend(change.targets);
     }
 
     /// Takes in a change seen in the cluster.
@@ -346,7 +273,7 @@ impl Reconciler {
                 None => in_use.remove(&name),
             };
         }
-        let (names, collisions) = naming::assign(self.snapshot.targets(), &in_use);
+        let (names, collisions) = naming::assign(self.registries.targets(), &in_use);
         let new: Vec<naming::Collision> = collisions
             .into_iter()
             .filter(|c| self.collisions.insert(c.name.clone()))
@@ -475,7 +402,7 @@ impl Reconciler {
     /// What the registry wants for the Service `name`, if it has any endpoint.
     fn wanted(&self, name: &str) -> Option<Wanted> {
         let target = self.by_name.get(name)?;
-        let groups = projection::group(self.snapshot.registrations(target));
+        let groups = projection::group(self.registries.registrations(target));
         if groups.is_empty() {
             return None;
         }
@@ -545,29 +472,6 @@ impl Reconciler {
             );
         }
         self.held.clone()
-    }
-
-    /// Reads every prefix again (linearizable) and brings the cache to it: missed events are
-    /// recovered, and deletions held by the guard are confirmed if the keys are really gone.
-    async fn reread(&mut self) -> Result<()> {
-        let connection = self.etcd.connection();
-        let mut client = crate::etcd::connect(&connection).await?;
-        let mut lists = Vec::new();
-        let prefixes: Vec<String> = self.snapshot.prefixes().map(str::to_owned).collect();
-        for prefix in prefixes {
-            let (kvs, _) = crate::etcd::read_prefix(&mut client, &connection, &prefix).await?;
-            lists.push((prefix, kvs));
-        }
-        for (prefix, kvs) in lists {
-            let change = self
-                .snapshot
-                .reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
-            if !change.targets.is_empty() {
-                tracing::warn!(%prefix, targets = change.targets.len(), "the consistent read found changes the watch had missed");
-                self.note_change(change);
-            }
-        }
-        Ok(())
     }
 
     /// Called when `confirm_at` passes.
@@ -690,7 +594,10 @@ impl Reconciler {
                 self.note_clamped(name, &groups);
                 self.note_panic(writer, &svc, health.panic).await;
                 let owner = plan::owner_reference(&svc);
+                // Converge comes only from a wanted Service.
+                let source = wanted.as_ref().map_or("", |w| w.target.source.as_str());
                 for change in plan::slice_changes(
+                    source,
                     name,
                     &groups,
                     &health.unhealthy,

@@ -1,0 +1,150 @@
+//! Taking in what etcd and the source supervisor say: updates go into the right source's
+//! snapshot, and what they changed is noted for the next flush.
+
+use super::Reconciler;
+use crate::error::Result;
+use crate::etcd::{KvEvent, Update};
+use crate::metrics::{ReasonLabels, StateLabels};
+use crate::snapshot::Change;
+use std::time::Instant;
+
+impl Reconciler {
+    pub(super) fn all_listed(&self) -> bool {
+        (self.registries.prefixes()).all(|(s, p)| self.listed.contains(&(s.into(), p.into())))
+    }
+
+    fn set_etcd_up(&mut self, source: String, prefix: String, up: bool) {
+        self.etcd_up.insert((source, prefix), up);
+        self.health.set_etcd(self.etcd_up.values().all(|u| *u));
+    }
+
+    /// Takes in one update from an etcd watcher.
+    pub fn on_update(&mut self, update: Update) {
+        let change = match update {
+            Update::Listed {
+                source,
+                prefix,
+                kvs,
+                ..
+            } => {
+                let Some(snapshot) = self.registries.snapshot_mut(&source) else {
+                    return; // from a source just removed
+                };
+                let c = snapshot.reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
+                self.listed.insert((source.clone(), prefix.clone()));
+                self.set_etcd_up(source, prefix, true);
+                c
+            }
+            Update::Events {
+                source,
+                events,
+                received,
+            } => {
+                if self.synced {
+                    self.oldest_event.get_or_insert(received);
+                }
+                let Some(snapshot) = self.registries.snapshot_mut(&source) else {
+                    return;
+                };
+                let mut change = Change::default();
+                for ev in events {
+                    let c = match ev {
+                        KvEvent::Put { key, value } => snapshot.put(&key, &value),
+                        KvEvent::Delete { key } => snapshot.delete(&key),
+                    };
+                    change.targets.extend(c.targets);
+                    change.newly_skipped.extend(c.newly_skipped);
+                }
+                change
+            }
+            Update::Connected { source, prefix, up } => {
+                if self.registries.config(&source).is_some() {
+                    self.set_etcd_up(source, prefix, up);
+                }
+                return;
+            }
+            Update::Source(config) => {
+                let name = config.name.clone();
+                tracing::info!(source = %name, "importing from this source");
+                self.forget_source(&name);
+                self.registries.set(*config)
+            }
+            Update::SourceGone(name) => {
+                tracing::info!(source = %name, "source gone: its Services go");
+                self.forget_source(&name);
+                self.registries.remove(&name)
+            }
+        };
+        self.note_change(change);
+    }
+
+    /// Drops what was known of the watches of `source`: it starts again, or is gone.
+    fn forget_source(&mut self, source: &str) {
+        self.listed.retain(|(s, _)| s != source);
+        self.etcd_up.retain(|(s, _), _| s != source);
+        self.health.set_etcd(self.etcd_up.values().all(|u| *u));
+    }
+
+    pub(super) fn note_change(&mut self, change: Change) {
+        for (key, reason) in &change.newly_skipped {
+            if *reason == crate::format::SkipReason::OwnRegistration {
+                // Expected, not a fault: no warning.
+                tracing::debug!(key = %key.escape_debug(), "not importing a written-back registration");
+            } else {
+                tracing::warn!(key = %key.escape_debug(), reason = reason.label(), "skipping registration: {reason}");
+            }
+            self.metrics
+                .skipped
+                .get_or_create(&ReasonLabels {
+                    reason: reason.label(),
+                })
+                .inc();
+        }
+        let (valid, skipped) = self.registries.counts();
+        self.metrics
+            .registrations
+            .get_or_create(&StateLabels { state: "projected" })
+            .set(valid as i64);
+        self.metrics
+            .registrations
+            .get_or_create(&StateLabels { state: "skipped" })
+            .set(skipped as i64);
+        if change
+            .targets
+            .iter()
+            .any(|t| self.registries.has_target(t) != self.names.contains_key(t))
+        {
+            self.targets_changed = true;
+        }
+        if !change.targets.is_empty() {
+            self.schedule.changed(Instant::now());
+        }
+        self.dirty_targets.extend(change.targets);
+    }
+
+    /// Reads every prefix of every source again (linearizable) and brings the cache to it:
+    /// missed events are recovered, and deletions held by the guard are confirmed if the keys
+    /// are really gone.
+    pub(super) async fn reread(&mut self) -> Result<()> {
+        let mut lists = Vec::new();
+        for config in self.registries.configs() {
+            let connection = &config.connection;
+            let mut client = crate::etcd::connect(connection).await?;
+            for p in &config.prefixes {
+                let (kvs, _) = crate::etcd::read_prefix(&mut client, connection, &p.prefix).await?;
+                lists.push((config.name.clone(), p.prefix.clone(), kvs));
+            }
+        }
+        for (source, prefix, kvs) in lists {
+            let Some(snapshot) = self.registries.snapshot_mut(&source) else {
+                continue;
+            };
+            let change = snapshot.reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
+            if !change.targets.is_empty() {
+                tracing::warn!(%source, %prefix, targets = change.targets.len(), "the consistent read found changes the watch had missed");
+                self.note_change(change);
+            }
+        }
+        Ok(())
+    }
+}
