@@ -168,6 +168,11 @@ pub struct RunArgs {
     /// How long held deletions wait before etcd is read again to confirm them.
     #[arg(long, env = "ETCD_BRIDGE_DELETE_CONFIRM_DELAY", value_parser = humantime, default_value = "30s")]
     pub delete_confirm_delay: Duration,
+    /// Also import from the registries that EtcdSource objects in --namespace describe (the
+    /// CRD must be installed, and the bridge allowed to read them and the Secrets they name).
+    /// The flags' registry stays the source named `default`.
+    #[arg(long, env = "ETCD_BRIDGE_SOURCES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub sources: bool,
     #[command(flatten)]
     pub writeback: WritebackArgs,
     #[command(flatten)]

@@ -146,6 +146,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
+    if args.sources {
+        let (supervisor, _refused) = etcd_bridge::source::supervisor::Supervisor::new(
+            client.clone(),
+            default_source.clone(),
+            args.etcd.timeout,
+            tx.clone(),
+            metrics.clone(),
+        );
+        tokio::spawn(supervisor.run(shutdown.clone()));
+    }
     drop(tx);
 
     let leadership = if args.leader_election {
@@ -201,6 +211,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         health.clone(),
     );
+    let reconciler = match args.sources {
+        true => reconciler.with_source_objects(),
+        false => reconciler,
+    };
     // Health checks, when --probe names anything: the prober probes what the leader's
     // reconciler plans, and sends back each change of verdict.
     let reconciler = if probed.is_empty() {

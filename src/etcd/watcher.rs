@@ -58,6 +58,8 @@ pub enum Update {
     Source(Box<crate::source::SourceConfig>),
     /// A source gone: its Services go. Sent after its watchers stopped.
     SourceGone(String),
+    /// Every EtcdSource object has been seen once: a source not known now is gone.
+    SourcesListed,
 }
 
 /// How often an unreachable etcd is probed (a TCP connect) while the watcher waits to retry.

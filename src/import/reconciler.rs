@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod intake;
+mod sources;
 
 /// How many Services are synced at once; each one's own writes stay in order.
 const CONCURRENCY: usize = 16;
@@ -77,6 +78,11 @@ pub struct Reconciler {
     /// (source, prefix) pairs listed, and whether their watch is up.
     listed: BTreeSet<(String, String)>,
     etcd_up: BTreeMap<(String, String), bool>,
+    /// Since when each unreachable source has been down; those past their staleAfter.
+    down_since: BTreeMap<String, Instant>,
+    expired: BTreeSet<String>,
+    /// The EtcdSource objects are listed (always true without them): an unknown source is gone.
+    sources_known: bool,
     cluster_ready: bool,
     leader: bool,
     /// The first complete sync as leader is done: deletions are allowed from then on, and
@@ -125,6 +131,9 @@ impl Reconciler {
             schedule: Schedule::new(tuning.coalesce, tuning.coalesce_max),
             listed: BTreeSet::new(),
             etcd_up: BTreeMap::new(),
+            down_since: BTreeMap::new(),
+            expired: BTreeSet::new(),
+            sources_known: true,
             cluster_ready: false,
             leader: false,
             synced: false,
@@ -137,6 +146,13 @@ impl Reconciler {
             clamped: Default::default(),
             probes: None,
         }
+    }
+
+    /// Sources also come from EtcdSource objects: until [`Update::SourcesListed`], Services of
+    /// a source not known yet are kept as they are.
+    pub fn with_source_objects(mut self) -> Self {
+        self.sources_known = false;
+        self
     }
 
     /// Endpoints' health, from a prober at the other end of `link`, shapes their conditions.
@@ -235,7 +251,7 @@ impl Reconciler {
 
     /// Whether the cache is complete and the cluster view is listed.
     fn can_sync(&self) -> bool {
-        self.all_listed() && self.cluster_ready
+        self.settled() && self.cluster_ready
     }
 
     /// When the next flush is due, if one is.
@@ -333,7 +349,11 @@ impl Reconciler {
             }
         }
         let mut names = std::mem::take(&mut self.dirty_names);
-        let hold = self.guard_removals(writer, &mut names);
+        // Each source on its own: removals held while its source is not listed; a stale
+        // source's removal is no mass deletion to hold.
+        let (by_source, expiring) = self.by_treatment(writer, &names);
+        let mut hold = self.guard_removals(writer, &mut names, &expiring);
+        hold.extend(by_source);
         let oldest = self.oldest_event.take();
         self.schedule.flushing();
         let this = &*self;
@@ -402,6 +422,9 @@ impl Reconciler {
     /// What the registry wants for the Service `name`, if it has any endpoint.
     fn wanted(&self, name: &str) -> Option<Wanted> {
         let target = self.by_name.get(name)?;
+        if self.expired.contains(&target.source) {
+            return None;
+        }
         let groups = projection::group(self.registries.registrations(target));
         if groups.is_empty() {
             return None;
@@ -428,6 +451,7 @@ impl Reconciler {
         &mut self,
         writer: &Writer,
         names: &mut BTreeSet<String>,
+        exempt: &BTreeSet<String>,
     ) -> BTreeSet<String> {
         if self.deletions_confirmed {
             self.deletions_confirmed = false;
@@ -446,7 +470,7 @@ impl Reconciler {
                 );
                 (n.clone(), r)
             })
-            .filter(|(_, r)| *r > 0)
+            .filter(|(n, r)| *r > 0 && !exempt.contains(n))
             .collect();
         let removed: usize = losing.iter().map(|(_, r)| r).sum();
         let limits = Limits {
@@ -650,6 +674,7 @@ pub async fn run(
             continue;
         }
         let confirm = reconciler.confirm_at.filter(|_| reconciler.leader);
+        let stale = reconciler.next_stale();
         let failing = reconciler.schedule.failing();
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -685,6 +710,7 @@ pub async fn run(
                     _ = reconciler.resync() => {}
                 }
             }
+            _ = sleep_until(stale), if stale.is_some() => reconciler.check_stale(),
             _ = sleep_until(confirm), if confirm.is_some() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -2,9 +2,11 @@
 //! (`default`); each `EtcdSource` object adds another.
 //! - [`crd`]: the `EtcdSource` custom resource;
 //! - [`spec`]: an object (and its Secret) resolved into a [`spec::SourceConfig`], with every
-//!   problem named by its field, and the overlaps between sources (pure).
+//!   problem named by its field, and the overlaps between sources (pure);
+//! - [`supervisor`]: the shell that starts and stops each source's watchers as objects change.
 
 pub mod crd;
 pub mod spec;
+pub mod supervisor;
 
 pub use spec::{SourceConfig, SourceName};

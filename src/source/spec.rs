@@ -499,5 +499,39 @@ fn same_endpoint(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
+/// What the supervisor does to go from the sources `running` to those `desired`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Stop these sources' watchers (gone, or changed: then started again below).
+    pub stop: Vec<SourceName>,
+    /// Gone for good: their Services go.
+    pub gone: Vec<SourceName>,
+    /// Start these (new, or changed).
+    pub start: Vec<SourceConfig>,
+}
+
+pub fn changes(
+    running: &BTreeMap<SourceName, SourceConfig>,
+    desired: &BTreeMap<SourceName, SourceConfig>,
+) -> Changes {
+    let mut c = Changes::default();
+    for (name, old) in running {
+        match desired.get(name) {
+            None => {
+                c.stop.push(name.clone());
+                c.gone.push(name.clone());
+            }
+            Some(new) if new != old => c.stop.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    for (name, new) in desired {
+        if running.get(name) != Some(new) {
+            c.start.push(new.clone());
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests;

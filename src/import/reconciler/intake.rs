@@ -9,13 +9,19 @@ use crate::snapshot::Change;
 use std::time::Instant;
 
 impl Reconciler {
-    pub(super) fn all_listed(&self) -> bool {
-        (self.registries.prefixes()).all(|(s, p)| self.listed.contains(&(s.into(), p.into())))
+    /// Every prefix of every source is listed, or its etcd has failed to answer: a flush need
+    /// not wait for a source that is down (its Services are held or expire on their own).
+    pub(super) fn settled(&self) -> bool {
+        (self.registries.prefixes()).all(|(s, p)| {
+            let key = (s.to_owned(), p.to_owned());
+            self.listed.contains(&key) || self.etcd_up.get(&key) == Some(&false)
+        })
     }
 
     fn set_etcd_up(&mut self, source: String, prefix: String, up: bool) {
-        self.etcd_up.insert((source, prefix), up);
+        self.etcd_up.insert((source.clone(), prefix), up);
         self.health.set_etcd(self.etcd_up.values().all(|u| *u));
+        self.note_connected(&source);
     }
 
     /// Takes in one update from an etcd watcher.
@@ -31,7 +37,13 @@ impl Reconciler {
                     return; // from a source just removed
                 };
                 let c = snapshot.reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
-                self.listed.insert((source.clone(), prefix.clone()));
+                // A source listed in full for the first time since it (re)started: its Services
+                // were held until now, so every one is checked.
+                if self.listed.insert((source.clone(), prefix.clone()))
+                    && self.treatment(&source) == crate::import::sources::Treatment::Import
+                {
+                    self.synced = false;
+                }
                 self.set_etcd_up(source, prefix, true);
                 c
             }
@@ -74,6 +86,11 @@ impl Reconciler {
                 self.forget_source(&name);
                 self.registries.remove(&name)
             }
+            Update::SourcesListed => {
+                self.sources_known = true;
+                self.synced = false;
+                return;
+            }
         };
         self.note_change(change);
     }
@@ -82,6 +99,8 @@ impl Reconciler {
     fn forget_source(&mut self, source: &str) {
         self.listed.retain(|(s, _)| s != source);
         self.etcd_up.retain(|(s, _), _| s != source);
+        self.down_since.remove(source);
+        self.expired.remove(source);
         self.health.set_etcd(self.etcd_up.values().all(|u| *u));
     }
 

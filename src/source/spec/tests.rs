@@ -297,3 +297,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_supervisor_restarts_only_what_changed() {
+    let a = config("a", &["http://a:2379"], &["/"]);
+    let b = config("b", &["http://b:2379"], &["/"]);
+    let mut b2 = b.clone();
+    b2.stale_after = Some(Duration::from_secs(60));
+    let c = config("c", &["http://c:2379"], &["/"]);
+    let map = |v: &[&SourceConfig]| -> BTreeMap<String, SourceConfig> {
+        v.iter().map(|s| (s.name.clone(), (*s).clone())).collect()
+    };
+    let got = changes(&map(&[&a, &b]), &map(&[&a, &b2, &c]));
+    assert_eq!(got.stop, ["b"], "changed: stopped, then started again");
+    assert!(got.gone.is_empty());
+    assert_eq!(got.start, [b2.clone(), c.clone()]);
+    let got = changes(&map(&[&a, &b2, &c]), &map(&[&c]));
+    assert_eq!(got.stop, ["a", "b"]);
+    assert_eq!(got.gone, ["a", "b"]);
+    assert!(got.start.is_empty());
+    assert_eq!(changes(&map(&[&c]), &map(&[&c])), Changes::default());
+}

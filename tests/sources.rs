@@ -1,0 +1,250 @@
+//! Several registries in one bridge: the flags' etcd (source `default`) and another one from an
+//! EtcdSource object, two real etcd clusters at once. Each source fails on its own.
+
+mod common;
+
+use common::*;
+use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
+use kube::ResourceExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What `--sources` adds to [`BRIDGE_ROLE`]: reading EtcdSources and the one Secret a source
+/// names (the chart renders the same, from `sources.secretNames`).
+const SOURCES_ROLE: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: etcd-bridge-sources}
+rules:
+- apiGroups: [etcd-bridge.io]
+  resources: [etcdsources]
+  verbs: [get, list, watch]
+- apiGroups: [etcd-bridge.io]
+  resources: [etcdsources/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [etcd-b]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: etcd-bridge-sources}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge-sources}
+subjects:
+- {kind: ServiceAccount, name: etcd-bridge}
+"#;
+
+fn private_etcd(label: &str) -> EtcdServer {
+    EtcdServer::start(&scratch_dir(label), "registry", &[])
+        .unwrap_or_else(|e| panic!("a private registry etcd did not start (no skipping):\n{e}"))
+}
+
+fn install_crd(scope: &Scope) {
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/etcdsources.etcd-bridge.io.yaml");
+    let yaml = std::fs::read_to_string(&crd).expect("read the generated CRD");
+    (scope.bed.cluster)
+        .install_crd(&yaml, "etcdsources.etcd-bridge.io")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn source(scope: &Scope, name: &str, endpoint: &str, extra: &str) {
+    scope.apply(&format!(
+        "apiVersion: etcd-bridge.io/v1alpha1\nkind: EtcdSource\nmetadata: {{name: {name}}}\nspec: {{endpoints: [\"{endpoint}\"], prefixes: [{{prefix: {}}}]{extra}}}\n",
+        scope.prefix
+    ));
+}
+
+async fn connect(endpoint: &str) -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint], None)
+        .await
+        .expect("connect to a registry etcd")
+}
+
+async fn put(etcd: &mut etcd_client::Client, prefix: &str, name: &str, addr: &str) {
+    etcd.put(
+        seed_key(prefix, name, "", addr),
+        seed_value(name, "", addr, 1),
+        None,
+    )
+    .await
+    .expect("put a registration");
+}
+
+fn label(svc: &k8s_openapi::api::core::v1::Service, key: &str) -> String {
+    svc.labels().get(key).cloned().unwrap_or_default()
+}
+
+/// The Service whose name starts with `prefix`, other than `not`.
+async fn service_like(apis: &Apis, prefix: &str, not: &str) -> String {
+    eventually(&format!("a Service {prefix}-*"), WAIT, || async {
+        let list = apis.services.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .map(|s| s.name_any())
+            .find(|n| n.starts_with(prefix) && n != not)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_registries_each_fail_on_their_own() {
+    let a = private_etcd("sources-a");
+    let b = private_etcd("sources-b");
+    let scope = Scope::with_registry("sources", &a.endpoint());
+    install_crd(&scope);
+    let kubeconfig = scope.bridge_kubeconfig();
+    scope.apply(SOURCES_ROLE);
+    source(&scope, "region-b", &b.endpoint(), ", staleAfter: 6s");
+    let mut bridge = scope.bridge(&kubeconfig, &["--sources=true", "--etcd-timeout=2s"]);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let (mut ea, mut eb) = (scope.etcd().await, connect(&b.endpoint()).await);
+    let p = scope.prefix.clone();
+
+    put(&mut ea, &p, "alpha", "10.73.0.1:80").await;
+    put(&mut eb, &p, "beta", "10.73.1.1:80").await;
+    // Both registries want `greeter`: the first in sort order (default) gets the name.
+    put(&mut ea, &p, "greeter", "10.73.0.9:80").await;
+    put(&mut eb, &p, "greeter", "10.73.1.9:80").await;
+    converged(&apis, "alpha", &["10.73.0.1"], WAIT).await;
+    converged(&apis, "beta", &["10.73.1.1"], WAIT).await;
+    converged(&apis, "greeter", &["10.73.0.9"], WAIT).await;
+    let other = service_like(&apis, "greeter-", "greeter").await;
+    converged(&apis, &other, &["10.73.1.9"], WAIT).await;
+    let svc = |n: &str| {
+        let api = apis.services.clone();
+        let n = n.to_owned();
+        async move { api.get(&n).await.expect("the Service") }
+    };
+    assert_eq!(
+        label(&svc("alpha").await, "etcd-bridge.io/source"),
+        "default"
+    );
+    assert_eq!(
+        label(&svc("beta").await, "etcd-bridge.io/source"),
+        "region-b"
+    );
+    assert_eq!(
+        label(&svc(&other).await, "etcd-bridge.io/source"),
+        "region-b"
+    );
+    for s in slices_of(&apis.slices, "beta").await {
+        assert_eq!(s.labels()["etcd-bridge.io/source"], "region-b");
+    }
+
+    // Region B hangs (SIGSTOP: its TCP connections stay open, it answers nothing).
+    b.freeze();
+    let frozen = Instant::now();
+    eventually("region-b noticed down", WAIT, || async {
+        matches!(bridge.get("/readyz"), Some((503, _))).then_some(())
+    })
+    .await;
+    let detected = frozen.elapsed();
+    // The other registry carries on.
+    let put_at = Instant::now();
+    put(&mut ea, &p, "alpha2", "10.73.0.2:80").await;
+    converged(&apis, "alpha2", &["10.73.0.2"], WAIT).await;
+    let carried_on = put_at.elapsed();
+    // Region B's endpoints stay until its staleAfter, then go, unblocked by the guard.
+    assert!(
+        holds(&apis, "beta", &["10.73.1.1"]).await.is_some(),
+        "kept while not stale"
+    );
+    eventually("region-b's Services removed once stale", WAIT, || async {
+        matches!(apis.services.get_opt("beta").await, Ok(None)).then_some(())
+    })
+    .await;
+    let removed_after = frozen.elapsed();
+    assert!(
+        removed_after >= Duration::from_secs(6),
+        "not before staleAfter: {removed_after:?}"
+    );
+    assert!(matches!(apis.services.get_opt(&other).await, Ok(None)));
+    assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(1.0));
+    assert!(
+        holds(&apis, "greeter", &["10.73.0.9"]).await.is_some(),
+        "default untouched"
+    );
+    assert!(holds(&apis, "alpha", &["10.73.0.1"]).await.is_some());
+
+    // Region B returns: its Services come back, each object written once.
+    let mark = audit_mark(&scope.bed.cluster.audit_log());
+    b.thaw();
+    let thawed = Instant::now();
+    converged(&apis, "beta", &["10.73.1.1"], WAIT).await;
+    let back = thawed.elapsed();
+    converged(&apis, &other, &["10.73.1.9"], WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes: Vec<AuditWrite> =
+        audit_writes(&scope.bed.cluster.audit_log(), mark, &scope.namespace)
+            .into_iter()
+            .filter(|w| w.changes_an_object())
+            .collect();
+    let mut seen = std::collections::BTreeMap::new();
+    for w in &writes {
+        *seen
+            .entry((w.resource.clone(), w.name.clone()))
+            .or_insert(0) += 1;
+    }
+    eprintln!(
+        "figures: region-b seen down {detected:?} after SIGSTOP; other source carried on in {carried_on:?}; region-b removed {removed_after:?} after SIGSTOP (staleAfter 6s); back {back:?} after SIGCONT; {} writes on return: {seen:?}",
+        writes.len()
+    );
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "each object written once on return: {seen:?}"
+    );
+    assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(0.0));
+}
+
+#[tokio::test]
+async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_services() {
+    let a = private_etcd("sources-bad-a");
+    let b = private_etcd("sources-bad-b");
+    let scope = Scope::with_registry("sourcesbad", &a.endpoint());
+    install_crd(&scope);
+    let kubeconfig = scope.bridge_kubeconfig();
+    scope.apply(SOURCES_ROLE);
+    // Overlaps the flags' source (same etcd, same prefix); names a Secret that is not there.
+    source(&scope, "overlapping", &a.endpoint(), "");
+    source(
+        &scope,
+        "no-secret",
+        &b.endpoint(),
+        ", secretRef: {name: etcd-b}",
+    );
+    source(&scope, "good", &b.endpoint(), "");
+    let mut bridge = scope.bridge(&kubeconfig, &["--sources=true"]);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let (mut ea, mut eb) = (scope.etcd().await, connect(&b.endpoint()).await);
+    let p = scope.prefix.clone();
+    put(&mut ea, &p, "alpha", "10.74.0.1:80").await;
+    put(&mut eb, &p, "beta", "10.74.1.1:80").await;
+    converged(&apis, "alpha", &["10.74.0.1"], WAIT).await;
+    converged(&apis, "beta", &["10.74.1.1"], WAIT).await;
+    let log = bridge.log();
+    assert!(
+        log.contains("overlaps") && log.contains("Secret `etcd-b`: not found"),
+        "bad sources are reported:\n{log}"
+    );
+    assert_eq!(
+        label(
+            &apis.services.get("alpha").await.unwrap(),
+            "etcd-bridge.io/source"
+        ),
+        "default",
+        "the overlapping source imported nothing"
+    );
+    // Deleting the good source removes its Services; the flags' source keeps its own.
+    scope.kubectl(&["delete", "etcdsource", "good"]);
+    eventually("region good's Services removed", WAIT, || async {
+        matches!(apis.services.get_opt("beta").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert!(holds(&apis, "alpha", &["10.74.0.1"]).await.is_some());
+    assert!(bridge.proc.is_running(), "the bridge is still up");
+}
