@@ -146,17 +146,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    if args.sources {
-        let (supervisor, _refused) = etcd_bridge::source::supervisor::Supervisor::new(
-            client.clone(),
-            default_source.clone(),
-            args.etcd.timeout,
-            tx.clone(),
-            metrics.clone(),
-        );
-        tokio::spawn(supervisor.run(shutdown.clone()));
-    }
-    drop(tx);
+    // What the import reports of each source, for the EtcdSource status.
+    let (reports_tx, reports) = tokio::sync::watch::channel(Default::default());
 
     let leadership = if args.leader_election {
         let name = args
@@ -184,6 +175,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Leadership::always()
     };
 
+    if args.sources {
+        let supervisor = etcd_bridge::source::supervisor::Supervisor::new(
+            client.clone(),
+            default_source.clone(),
+            args.etcd.timeout,
+            tx.clone(),
+            metrics.clone(),
+            reports,
+            leadership.is_leader.clone(),
+        );
+        tokio::spawn(supervisor.run(shutdown.clone()));
+    }
+    drop(tx);
     let writeback = args.writeback.enabled.then(|| {
         tokio::spawn(etcd_bridge::writeback::controller::run(
             client.clone(),
@@ -196,7 +200,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
     let reconciler = Reconciler::new(
-        vec![default_source],
+        vec![default_source.clone()],
         args.projection.aggregate,
         (!args.writeback.import_own).then_some(args.projection.instance.as_str()),
         args.projection.projection_config(),
@@ -212,7 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.clone(),
     );
     let reconciler = match args.sources {
-        true => reconciler.with_source_objects(),
+        true => reconciler.with_source_objects().with_reports(reports_tx),
         false => reconciler,
     };
     // Health checks, when --probe names anything: the prober probes what the leader's

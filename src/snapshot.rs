@@ -39,6 +39,15 @@ pub struct Source {
     pub format: Format,
 }
 
+/// A source's keys in brief, for its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub keys: usize,
+    /// Distinct registered addresses.
+    pub endpoints: usize,
+    pub skipped: BTreeMap<&'static str, usize>,
+}
+
 pub struct Snapshot {
     /// The registry these keys are read from; its targets carry its name.
     source: String,
@@ -263,6 +272,25 @@ impl Snapshot {
         (self.entries.len() - self.skipped, self.skipped)
     }
 
+    /// What a source's status shows: keys read, distinct endpoints, skipped keys by reason.
+    pub fn summary(&self) -> Summary {
+        let mut endpoints = std::collections::HashSet::new();
+        let mut skipped = BTreeMap::new();
+        for e in self.entries.values() {
+            match e {
+                Entry::Valid(r, _) => {
+                    endpoints.insert(r.addr);
+                }
+                Entry::Skipped(why) => *skipped.entry(why.label()).or_default() += 1,
+            }
+        }
+        Summary {
+            keys: self.entries.len(),
+            endpoints: endpoints.len(),
+            skipped,
+        }
+    }
+
     pub fn sources(&self) -> &[Source] {
         &self.sources
     }
@@ -275,6 +303,24 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_counts_keys_distinct_endpoints_and_skips_by_reason() {
+        let mut s = Snapshot::new(
+            vec![Source {
+                prefix: "/".into(),
+                format: Format::Seed,
+            }],
+            true,
+        );
+        s.put(b"/a/v1/10.0.0.1:80", &value("a", "v1", "10.0.0.1:80", 1));
+        s.put(b"/b/v1/10.0.0.1:80", &value("b", "v1", "10.0.0.1:80", 1));
+        s.put(b"/b/v1/10.0.0.2:80", &value("b", "v1", "10.0.0.2:80", 1));
+        s.put(b"/c/v1/x", b"not json");
+        let sum = s.summary();
+        assert_eq!((sum.keys, sum.endpoints), (4, 2));
+        assert_eq!(sum.skipped.values().sum::<usize>(), 1);
+    }
 
     fn value(name: &str, version: &str, addr: &str, weight: i64) -> Vec<u8> {
         format!(r#"{{"name":"{name}","addr":"{addr}","version":"{version}","weight":{weight}}}"#)

@@ -57,6 +57,29 @@ fn source(scope: &Scope, name: &str, endpoint: &str, extra: &str) {
     ));
 }
 
+/// `jsonpath` of the EtcdSource `name`.
+fn status(scope: &Scope, name: &str, path: &str) -> String {
+    scope.kubectl(&["get", "etcdsource", name, "-o", &format!("jsonpath={path}")])
+}
+
+fn condition(scope: &Scope, name: &str, type_: &str) -> String {
+    status(
+        scope,
+        name,
+        &format!("{{.status.conditions[?(@.type==\"{type_}\")].status}}"),
+    )
+}
+
+/// The reasons of the Events recorded on the EtcdSource `name`.
+fn event_reasons(scope: &Scope, name: &str) -> Vec<String> {
+    let out = scope.kubectl(&["get", "events.events.k8s.io", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("events as JSON");
+    (v["items"].as_array().into_iter().flatten())
+        .filter(|e| e["regarding"]["kind"] == "EtcdSource" && e["regarding"]["name"] == name)
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
 async fn connect(endpoint: &str) -> etcd_client::Client {
     etcd_client::Client::connect([endpoint], None)
         .await
@@ -134,6 +157,18 @@ async fn two_registries_each_fail_on_their_own() {
     for s in slices_of(&apis.slices, "beta").await {
         assert_eq!(s.labels()["etcd-bridge.io/source"], "region-b");
     }
+    // Its status tells the story: connected, synced, 2 keys, 2 endpoints, this generation.
+    eventually("region-b's status", WAIT, || async {
+        let s = |p: &str| status(&scope, "region-b", p);
+        (condition(&scope, "region-b", "Connected") == "True"
+            && condition(&scope, "region-b", "Synced") == "True"
+            && condition(&scope, "region-b", "Stale") == "False"
+            && s("{.status.keys}/{.status.endpoints}") == "2/2"
+            && s("{.status.observedGeneration}") == s("{.metadata.generation}")
+            && !s("{.status.revision}").is_empty())
+        .then_some(())
+    })
+    .await;
 
     // Region B hangs (SIGSTOP: its TCP connections stay open, it answers nothing).
     b.freeze();
@@ -164,6 +199,16 @@ async fn two_registries_each_fail_on_their_own() {
     );
     assert!(matches!(apis.services.get_opt(&other).await, Ok(None)));
     assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(1.0));
+    eventually("Stale=True, with a Warning Event", WAIT, || async {
+        (condition(&scope, "region-b", "Stale") == "True"
+            && condition(&scope, "region-b", "Connected") == "False"
+            && event_reasons(&scope, "region-b").contains(&"StaleAfterPassed".to_owned()))
+        .then_some(())
+    })
+    .await;
+    let table = scope.kubectl(&["get", "etcdsources", "-o", "wide"]);
+    eprintln!("while stale:\n{table}");
+    assert!(!status(&scope, "region-b", "{.status.lastError}").is_empty());
     assert!(
         holds(&apis, "greeter", &["10.73.0.9"]).await.is_some(),
         "default untouched"
@@ -198,6 +243,12 @@ async fn two_registries_each_fail_on_their_own() {
         "each object written once on return: {seen:?}"
     );
     assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(0.0));
+    eventually("Stale=False again", WAIT, || async {
+        (condition(&scope, "region-b", "Stale") == "False"
+            && condition(&scope, "region-b", "Connected") == "True")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -231,6 +282,20 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
         log.contains("overlaps") && log.contains("Secret `etcd-b`: not found"),
         "bad sources are reported:\n{log}"
     );
+    // ... in their status too, naming the field, with a Warning Event.
+    eventually("bad sources' status", WAIT, || async {
+        let missing = status(&scope, "no-secret", "{.status.lastError}");
+        let overlap = status(&scope, "overlapping", "{.status.lastError}");
+        (missing.starts_with("spec.secretRef.name: Secret `etcd-b`: not found")
+            && overlap.starts_with("spec.prefixes: ")
+            && overlap.contains("of source `default`")
+            && condition(&scope, "no-secret", "Connected") == "False"
+            && event_reasons(&scope, "no-secret").contains(&"Invalid".to_owned())
+            && condition(&scope, "good", "Connected") == "True")
+            .then_some(())
+    })
+    .await;
+    eprintln!("{}", scope.kubectl(&["get", "etcdsources", "-o", "wide"]));
     assert_eq!(
         label(
             &apis.services.get("alpha").await.unwrap(),

@@ -43,6 +43,8 @@ pub enum Update {
     /// Changes in revision order, with the time they were received (for the sync-latency metric).
     Events {
         source: String,
+        /// The revision of the last event.
+        revision: i64,
         events: Vec<KvEvent>,
         received: Instant,
     },
@@ -52,6 +54,8 @@ pub enum Update {
         source: String,
         prefix: String,
         up: bool,
+        /// Why it broke.
+        error: Option<String>,
     },
     /// A source to import from, new or changed (a changed one starts empty: its watchers list
     /// it again). Sent before its watchers start.
@@ -119,6 +123,7 @@ pub async fn watch_prefix(
             source: w.source.clone(),
             prefix: w.prefix.clone(),
             up: false,
+            error: Some(err.to_string()),
         })
         .await;
         let wait = w.backoff.next_delay();
@@ -217,6 +222,7 @@ impl Watcher {
             source: self.source.clone(),
             prefix: self.prefix.clone(),
             up: true,
+            error: None,
         };
         if !self.send(up).await {
             return Ok(Ended::Closed);
@@ -285,6 +291,7 @@ impl Watcher {
                 let source = self.source.clone();
                 let update = Update::Events {
                     source,
+                    revision: self.revision.unwrap_or_default(),
                     events,
                     received,
                 };
@@ -344,6 +351,7 @@ impl Watcher {
             source: self.source.clone(),
             prefix: self.prefix.clone(),
             up: false,
+            error: Some(format!("etcd went back in time ({why}); listing again")),
         })
         .await;
     }

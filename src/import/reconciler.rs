@@ -83,6 +83,11 @@ pub struct Reconciler {
     expired: BTreeSet<String>,
     /// The EtcdSource objects are listed (always true without them): an unknown source is gone.
     sources_known: bool,
+    /// Per source: the last revision read and the last error, for its status.
+    revisions: BTreeMap<String, i64>,
+    errors: BTreeMap<String, String>,
+    reports: Option<watch::Sender<crate::source::status::Reports>>,
+    reports_dirty: bool,
     cluster_ready: bool,
     leader: bool,
     /// The first complete sync as leader is done: deletions are allowed from then on, and
@@ -134,6 +139,10 @@ impl Reconciler {
             down_since: BTreeMap::new(),
             expired: BTreeSet::new(),
             sources_known: true,
+            revisions: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            reports: None,
+            reports_dirty: false,
             cluster_ready: false,
             leader: false,
             synced: false,
@@ -684,6 +693,7 @@ pub async fn run(
                 while let Ok(u) = etcd_rx.try_recv() {
                     reconciler.on_update(u);
                 }
+                reconciler.publish_reports(false);
             }
             Some(e) = cluster_rx.recv() => reconciler.on_object_event(e),
             Some(v) = crate::probe::link::next_verdict(&mut verdicts) => {
@@ -697,7 +707,10 @@ pub async fn run(
                 tracing::info!(leader = is, "leadership changed");
                 reconciler.set_leader(is);
             }
-            _ = housekeeping.tick() => reconciler.housekeeping(&writer),
+            _ = housekeeping.tick() => {
+                reconciler.housekeeping(&writer);
+                reconciler.publish_reports(true);
+            }
             // While syncs fail, ask the apiserver often and cheaply whether it is back.
             _ = api_probe.tick(), if failing => {
                 if writer.api_answers().await && reconciler.schedule.api_answered(Instant::now()) {

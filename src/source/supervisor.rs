@@ -9,7 +9,9 @@
 //! as a set.
 
 use super::crd::EtcdSource;
+use super::publish::Publisher;
 use super::spec::{self, Context, Secret, SourceConfig, SourceName};
+use super::status::Reports;
 use crate::etcd::Update;
 use crate::metrics::Metrics;
 use futures::StreamExt;
@@ -29,7 +31,7 @@ use tracing::Instrument;
 /// How often the Secrets of sources are read again.
 pub const SECRET_POLL: Duration = Duration::from_secs(30);
 
-/// Why each EtcdSource object is not used, by name; the status writer reports it.
+/// Why each EtcdSource object is not used, by name; its status says so.
 pub type Refused = BTreeMap<SourceName, String>;
 
 struct Running {
@@ -47,19 +49,28 @@ pub struct Supervisor {
     tx: mpsc::Sender<Update>,
     metrics: Arc<Metrics>,
     running: BTreeMap<SourceName, Running>,
-    refused: watch::Sender<Refused>,
+    refused: Refused,
+    /// Status: what the import reports of each source, and whether this replica leads.
+    reports: watch::Receiver<Reports>,
+    leader: watch::Receiver<bool>,
+    publisher: Publisher,
 }
 
 impl Supervisor {
+    /// `reports` come from the import reconciler; `leader`: only the leader writes status.
     pub fn new(
         client: Client,
         default: SourceConfig,
         timeout: Duration,
         tx: mpsc::Sender<Update>,
         metrics: Arc<Metrics>,
-    ) -> (Self, watch::Receiver<Refused>) {
-        let (refused, rx) = watch::channel(Refused::new());
-        let s = Supervisor {
+        reports: watch::Receiver<Reports>,
+        leader: watch::Receiver<bool>,
+    ) -> Self {
+        Supervisor {
+            publisher: Publisher::new(client.clone()),
+            reports,
+            leader,
             client,
             namespace: default.target_namespace.clone(),
             timeout,
@@ -67,9 +78,8 @@ impl Supervisor {
             tx,
             metrics,
             running: BTreeMap::new(),
-            refused,
-        };
-        (s, rx)
+            refused: Refused::new(),
+        }
     }
 
     /// Runs until `shutdown`, then stops every source it started.
@@ -105,9 +115,19 @@ impl Supervisor {
                     None => break,
                 },
                 _ = poll.tick() => {}
+                Ok(()) = self.reports.changed() => {
+                    self.write_status(&store).await;
+                    continue;
+                }
+                Ok(()) = self.leader.changed() => {
+                    self.publisher.forget();
+                    self.write_status(&store).await;
+                    continue;
+                }
             }
             if ready {
                 self.apply(&store).await;
+                self.write_status(&store).await;
             }
         }
         for (_, r) in std::mem::take(&mut self.running) {
@@ -175,18 +195,24 @@ impl Supervisor {
         for config in changes.start {
             self.start(config).await;
         }
-        self.refused.send_if_modified(|old| {
-            let changed = *old != refused;
-            if changed {
-                for (name, why) in &refused {
-                    if old.get(name) != Some(why) {
-                        tracing::warn!(source = %name, "EtcdSource not used: {why}");
-                    }
-                }
-                *old = refused;
+        for (name, why) in &refused {
+            if self.refused.get(name) != Some(why) {
+                tracing::warn!(source = %name, "EtcdSource not used: {why}");
             }
-            changed
-        });
+        }
+        self.refused = refused;
+    }
+
+    /// The leader writes each object's status (the others keep theirs for a new term).
+    async fn write_status(&mut self, store: &Store<EtcdSource>) {
+        if !*self.leader.borrow_and_update() {
+            return;
+        }
+        let objects: Vec<EtcdSource> = store.state().iter().map(|o| (**o).clone()).collect();
+        let reports = self.reports.borrow_and_update().clone();
+        (self.publisher)
+            .publish(&objects, &reports, &self.refused)
+            .await;
     }
 
     /// The Secret's data, or why it cannot be read.

@@ -18,7 +18,13 @@ impl Reconciler {
         })
     }
 
-    fn set_etcd_up(&mut self, source: String, prefix: String, up: bool) {
+    fn set_etcd_up(&mut self, source: String, prefix: String, up: bool, error: Option<String>) {
+        self.reports_dirty = true;
+        match error {
+            Some(e) => self.errors.insert(source.clone(), e),
+            None if up => self.errors.remove(&source),
+            None => None,
+        };
         self.etcd_up.insert((source.clone(), prefix), up);
         self.health.set_etcd(self.etcd_up.values().all(|u| *u));
         self.note_connected(&source);
@@ -31,7 +37,7 @@ impl Reconciler {
                 source,
                 prefix,
                 kvs,
-                ..
+                revision,
             } => {
                 let Some(snapshot) = self.registries.snapshot_mut(&source) else {
                     return; // from a source just removed
@@ -44,11 +50,13 @@ impl Reconciler {
                 {
                     self.synced = false;
                 }
-                self.set_etcd_up(source, prefix, true);
+                self.revisions.insert(source.clone(), revision);
+                self.set_etcd_up(source, prefix, true, None);
                 c
             }
             Update::Events {
                 source,
+                revision,
                 events,
                 received,
             } => {
@@ -58,6 +66,7 @@ impl Reconciler {
                 let Some(snapshot) = self.registries.snapshot_mut(&source) else {
                     return;
                 };
+                self.revisions.insert(source.clone(), revision);
                 let mut change = Change::default();
                 for ev in events {
                     let c = match ev {
@@ -69,9 +78,14 @@ impl Reconciler {
                 }
                 change
             }
-            Update::Connected { source, prefix, up } => {
+            Update::Connected {
+                source,
+                prefix,
+                up,
+                error,
+            } => {
                 if self.registries.config(&source).is_some() {
-                    self.set_etcd_up(source, prefix, up);
+                    self.set_etcd_up(source, prefix, up, error);
                 }
                 return;
             }
@@ -101,6 +115,9 @@ impl Reconciler {
         self.etcd_up.retain(|(s, _), _| s != source);
         self.down_since.remove(source);
         self.expired.remove(source);
+        self.revisions.remove(source);
+        self.errors.remove(source);
+        self.reports_dirty = true;
         self.health.set_etcd(self.etcd_up.values().all(|u| *u));
     }
 

@@ -4,8 +4,10 @@
 use super::Reconciler;
 use crate::import::sources::{self, Facts, Treatment};
 use crate::k8s::Writer;
+use crate::source::status::{Reports, SourceReport};
 use std::collections::BTreeSet;
 use std::time::Instant;
+use tokio::sync::watch;
 
 impl Reconciler {
     fn facts(&self, source: &str) -> Facts {
@@ -95,12 +97,49 @@ impl Reconciler {
                 continue;
             }
             self.metrics.stale_sources.set(self.expired.len() as i64);
+            self.reports_dirty = true;
             self.synced = false;
             self.schedule.changed(Instant::now());
         }
     }
 
-    pub fn stale_sources(&self) -> &BTreeSet<String> {
-        &self.expired
+    /// Each source's state goes to `tx`, for the EtcdSource status writer.
+    pub fn with_reports(mut self, tx: watch::Sender<Reports>) -> Self {
+        self.reports = Some(tx);
+        self
+    }
+
+    /// Sends every source's state, if something changed (`always`: counts may have changed).
+    pub fn publish_reports(&mut self, always: bool) {
+        let Some(tx) = &self.reports else { return };
+        if !always && !self.reports_dirty {
+            return;
+        }
+        self.reports_dirty = false;
+        let reports: Reports = (self.registries.configs())
+            .map(|c| {
+                let n = c.name.as_str();
+                let facts = self.facts(n);
+                let up = |p: &crate::snapshot::Source| {
+                    self.etcd_up.get(&(n.to_owned(), p.prefix.clone())) == Some(&true)
+                };
+                let report = SourceReport {
+                    connected: !c.prefixes.is_empty() && c.prefixes.iter().all(up),
+                    listed: facts.listed,
+                    stale: self.expired.contains(n),
+                    revision: self.revisions.get(n).copied(),
+                    summary: (self.registries.snapshot(n))
+                        .map(|s| s.summary())
+                        .unwrap_or_default(),
+                    last_error: self.errors.get(n).cloned(),
+                };
+                (c.name.clone(), report)
+            })
+            .collect();
+        tx.send_if_modified(|old| {
+            let changed = *old != reports;
+            *old = reports;
+            changed
+        });
     }
 }
