@@ -174,9 +174,11 @@ async fn two_registries_each_fail_on_their_own() {
     b.freeze();
     let frozen = Instant::now();
     eventually("region-b noticed down", WAIT, || async {
-        matches!(bridge.get("/readyz"), Some((503, _))).then_some(())
+        (condition(&scope, "region-b", "Connected") == "False").then_some(())
     })
     .await;
+    // Readiness follows the flags' registry: another one down is its status's news.
+    assert!(matches!(bridge.get("/readyz"), Some((200, _))));
     let detected = frozen.elapsed();
     // The other registry carries on.
     let put_at = Instant::now();
@@ -267,7 +269,7 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
         &b.endpoint(),
         ", secretRef: {name: etcd-b}",
     );
-    source(&scope, "good", &b.endpoint(), "");
+    source(&scope, "good", &b.endpoint(), ", namePrefix: b-");
     let mut bridge = scope.bridge(&kubeconfig, &["--sources=true"]);
     bridge.ready(WAIT).await;
     let apis = Apis::new(scope.kube().await, &scope.namespace);
@@ -276,7 +278,8 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
     put(&mut ea, &p, "alpha", "10.74.0.1:80").await;
     put(&mut eb, &p, "beta", "10.74.1.1:80").await;
     converged(&apis, "alpha", &["10.74.0.1"], WAIT).await;
-    converged(&apis, "beta", &["10.74.1.1"], WAIT).await;
+    // Its namePrefix comes first in the names of its Services.
+    converged(&apis, "b-beta", &["10.74.1.1"], WAIT).await;
     let log = bridge.log();
     assert!(
         log.contains("overlaps") && log.contains("Secret `etcd-b`: not found"),
@@ -307,7 +310,7 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
     // Deleting the good source removes its Services; the flags' source keeps its own.
     scope.kubectl(&["delete", "etcdsource", "good"]);
     eventually("region good's Services removed", WAIT, || async {
-        matches!(apis.services.get_opt("beta").await, Ok(None)).then_some(())
+        matches!(apis.services.get_opt("b-beta").await, Ok(None)).then_some(())
     })
     .await;
     assert!(holds(&apis, "alpha", &["10.74.0.1"]).await.is_some());

@@ -298,7 +298,9 @@ impl Reconciler {
                 None => in_use.remove(&name),
             };
         }
-        let (names, collisions) = naming::assign(self.registries.targets(), &in_use);
+        let prefixes = self.registries.name_prefixes();
+        let (names, collisions) =
+            naming::assign_prefixed(self.registries.targets(), &in_use, &prefixes);
         let new: Vec<naming::Collision> = collisions
             .into_iter()
             .filter(|c| self.collisions.insert(c.name.clone()))

@@ -55,6 +55,14 @@ impl Registries {
         self.sources.get(name).map(|(c, _)| c)
     }
 
+    /// The namePrefix of each source that has one.
+    pub fn name_prefixes(&self) -> BTreeMap<String, String> {
+        (self.configs())
+            .filter(|c| !c.name_prefix.is_empty())
+            .map(|c| (c.name.clone(), c.name_prefix.clone()))
+            .collect()
+    }
+
     pub fn configs(&self) -> impl Iterator<Item = &SourceConfig> {
         self.sources.values().map(|(c, _)| c)
     }

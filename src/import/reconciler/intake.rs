@@ -18,6 +18,14 @@ impl Reconciler {
         })
     }
 
+    /// /readyz follows the flags' registry only: another source down is its own status's news,
+    /// and must not hold a rollout of the bridge (or fail every replica) with it.
+    fn set_health(&self) {
+        let default = crate::source::spec::DEFAULT_SOURCE;
+        let mut ups = (self.etcd_up.iter()).filter(|((s, _), _)| s == default);
+        self.health.set_etcd(ups.all(|(_, up)| *up));
+    }
+
     fn set_etcd_up(&mut self, source: String, prefix: String, up: bool, error: Option<String>) {
         self.reports_dirty = true;
         match error {
@@ -26,7 +34,7 @@ impl Reconciler {
             None => None,
         };
         self.etcd_up.insert((source.clone(), prefix), up);
-        self.health.set_etcd(self.etcd_up.values().all(|u| *u));
+        self.set_health();
         self.note_connected(&source);
     }
 
@@ -118,7 +126,7 @@ impl Reconciler {
         self.revisions.remove(source);
         self.errors.remove(source);
         self.reports_dirty = true;
-        self.health.set_etcd(self.etcd_up.values().all(|u| *u));
+        self.set_health();
     }
 
     pub(super) fn note_change(&mut self, change: Change) {
