@@ -299,6 +299,32 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
     })
     .await;
     eprintln!("{}", scope.kubectl(&["get", "etcdsources", "-o", "wide"]));
+    // A changed source is restarted: held until listed again, then nothing to write.
+    let mark = audit_mark(&scope.bed.cluster.audit_log());
+    let patch = r#"{"spec":{"staleAfter":"1h"}}"#;
+    scope.kubectl(&[
+        "patch",
+        "etcdsource",
+        "good",
+        "--type",
+        "merge",
+        "-p",
+        patch,
+    ]);
+    eventually("the changed source running again", WAIT, || async {
+        let s = |p: &str| status(&scope, "good", p);
+        (s("{.status.observedGeneration}") == "2" && condition(&scope, "good", "Synced") == "True")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes: Vec<AuditWrite> =
+        audit_writes(&scope.bed.cluster.audit_log(), mark, &scope.namespace)
+            .into_iter()
+            .filter(|w| w.changes_an_object())
+            .collect();
+    assert!(writes.is_empty(), "a restart rewrites nothing: {writes:?}");
+    assert!(holds(&apis, "b-beta", &["10.74.1.1"]).await.is_some());
     assert_eq!(
         label(
             &apis.services.get("alpha").await.unwrap(),

@@ -92,7 +92,11 @@ impl Supervisor {
         let mut poll = tokio::time::interval(SECRET_POLL);
         // Set at the end of the first list: until then, nothing is known of the objects.
         let mut ready = false;
+        // The objects' names and generations at the last apply: a change of status only (our
+        // own writes) needs no new resolution, nor another read of every Secret.
+        let mut applied: Vec<(String, Option<i64>)> = Vec::new();
         loop {
+            let mut poll_due = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 ev = stream.next() => match ev {
@@ -114,7 +118,7 @@ impl Supervisor {
                     }
                     None => break,
                 },
-                _ = poll.tick() => {}
+                _ = poll.tick() => poll_due = true,
                 Ok(()) = self.reports.changed() => {
                     self.write_status(&store).await;
                     continue;
@@ -125,10 +129,18 @@ impl Supervisor {
                     continue;
                 }
             }
-            if ready {
-                self.apply(&store).await;
-                self.write_status(&store).await;
+            if !ready {
+                continue;
             }
+            let mut now: Vec<(String, Option<i64>)> = (store.state().iter())
+                .map(|o| (o.name_any(), o.metadata.generation))
+                .collect();
+            now.sort();
+            if poll_due || now != applied {
+                self.apply(&store).await;
+                applied = now;
+            }
+            self.write_status(&store).await;
         }
         for (_, r) in std::mem::take(&mut self.running) {
             r.token.cancel();
