@@ -87,6 +87,10 @@ pub struct EtcdArgs {
     /// Client key (PEM) for --etcd-cert-file.
     #[arg(long = "etcd-key-file", env = "ETCD_BRIDGE_ETCD_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
+    /// Remove this registry's endpoints once it has been unreachable this long (e.g. 10m).
+    /// Without it, the last state is kept however long etcd is away.
+    #[arg(long = "stale-after", env = "ETCD_BRIDGE_STALE_AFTER", value_parser = humantime)]
+    pub stale_after: Option<Duration>,
     /// Timeout of one etcd request, and of connecting.
     #[arg(long = "etcd-timeout", env = "ETCD_BRIDGE_ETCD_TIMEOUT", value_parser = humantime, default_value = "5s")]
     pub timeout: Duration,

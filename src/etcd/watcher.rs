@@ -118,7 +118,7 @@ pub async fn watch_prefix(
             Next::Retry { early } => early,
         };
         w.metrics.watch_restarts.inc();
-        w.metrics.etcd_connected.set(0);
+        w.set_connected_metric(0);
         w.send(Update::Connected {
             source: w.source.clone(),
             prefix: w.prefix.clone(),
@@ -166,6 +166,16 @@ enum Ended {
     Relist,
     /// The receiver is gone: the bridge is stopping.
     Closed,
+}
+
+impl Watcher {
+    /// `etcd_bridge_etcd_connected` is the flags' registry's, as `/readyz` is; another source's
+    /// connection is in its EtcdSource status.
+    fn set_connected_metric(&self, v: i64) {
+        if self.source == crate::source::spec::DEFAULT_SOURCE {
+            self.metrics.etcd_connected.set(v);
+        }
+    }
 }
 
 struct Watcher {
@@ -227,7 +237,7 @@ impl Watcher {
         if !self.send(up).await {
             return Ok(Ended::Closed);
         }
-        self.metrics.etcd_connected.set(1);
+        self.set_connected_metric(1);
         self.backoff.reset();
         loop {
             let message = stream.message().await;

@@ -163,7 +163,7 @@ pub fn from_flags(
         target_namespace: projection.namespace.clone(),
         name_prefix: String::new(),
         writeback_prefix: writeback.enabled.then(|| writeback.prefix.clone()),
-        stale_after: None,
+        stale_after: etcd.stale_after.filter(|d| !d.is_zero()),
     }
 }
 

@@ -96,6 +96,12 @@ fn the_flags_define_the_default_source() {
         c.stale_after, None,
         "the flags' source keeps its endpoints for ever, as before"
     );
+    let cli = crate::config::Cli::parse_from(["etcd-bridge", "run", "--stale-after=10m"]);
+    let crate::config::Command::Run(r) = cli.command else {
+        unreachable!()
+    };
+    let c = from_flags(&r.etcd, &r.projection, &r.writeback);
+    assert_eq!(c.stale_after, Some(Duration::from_secs(600)));
     assert_eq!(
         c.name_prefix, "",
         "no name change for one-registry installs"
