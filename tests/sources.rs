@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
 use kube::ResourceExt;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -341,4 +342,116 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
     .await;
     assert!(holds(&apis, "alpha", &["10.74.0.1"]).await.is_some());
     assert!(bridge.proc.is_running(), "the bridge is still up");
+}
+
+/// When each Service of the namespace was first seen, from a watch (no polling delay).
+fn track_services(apis: &Apis) -> std::sync::Arc<std::sync::Mutex<BTreeMap<String, Instant>>> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let (api, out) = (apis.services.clone(), seen.clone());
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default()).applied_objects();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(svc)) = stream.next().await {
+            let mut seen = out.lock().unwrap();
+            seen.entry(svc.name_any()).or_insert_with(Instant::now);
+        }
+    });
+    seen
+}
+
+/// Puts `n` services, `gap` apart, and returns each one's propagation (PUT sent to Service seen).
+async fn propagation(
+    etcd: &mut etcd_client::Client,
+    prefix: &str,
+    base: &str,
+    n: usize,
+    seen: &std::sync::Mutex<BTreeMap<String, Instant>>,
+) -> Vec<Duration> {
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let name = format!("{base}{i}");
+        sent.push((name.clone(), Instant::now()));
+        put(
+            etcd,
+            prefix,
+            &name,
+            &format!("10.75.{}.{}:80", i / 250, i % 250 + 1),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = Vec::new();
+    for (name, at) in sent {
+        let seen_at = eventually(&format!("Service {name}"), WAIT, || async {
+            seen.lock().unwrap().get(&name).copied()
+        })
+        .await;
+        out.push(seen_at.saturating_duration_since(at));
+    }
+    out.sort();
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test]
+async fn a_frozen_source_leaves_the_others_propagation_unchanged() {
+    let a = private_etcd("sources-prop-a");
+    let b = private_etcd("sources-prop-b");
+    let scope = Scope::with_registry("sourcesprop", &a.endpoint());
+    install_crd(&scope);
+    let kubeconfig = scope.bridge_kubeconfig();
+    scope.apply(SOURCES_ROLE);
+    source(&scope, "frozen", &b.endpoint(), "");
+    let mut bridge = scope.bridge(&kubeconfig, &["--sources=true", "--etcd-timeout=2s"]);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let (mut ea, mut eb) = (scope.etcd().await, connect(&b.endpoint()).await);
+    let p = scope.prefix.clone();
+    for i in 0..20 {
+        put(
+            &mut eb,
+            &p,
+            &format!("b{i}"),
+            &format!("10.76.0.{}:80", i + 1),
+        )
+        .await;
+    }
+    converged(&apis, "b19", &["10.76.0.20"], WAIT).await;
+    let seen = track_services(&apis);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = 40;
+    let before = propagation(&mut ea, &p, "before", n, &seen).await;
+    b.freeze();
+    // Both while the hang is not noticed yet (keepalive) and after.
+    let during = propagation(&mut ea, &p, "during", n, &seen).await;
+    eventually("the frozen source seen down", WAIT, || async {
+        (condition(&scope, "frozen", "Connected") == "False").then_some(())
+    })
+    .await;
+    let after = propagation(&mut ea, &p, "after", n, &seen).await;
+    b.thaw();
+    let line = |what: &str, d: &[Duration]| {
+        format!("{what}: p50 {:?} p99 {:?}", pct(d, 0.5), pct(d, 0.99))
+    };
+    eprintln!(
+        "figures (n={n} each, one PUT every 100 ms): {}; {}; {}",
+        line("both answering", &before),
+        line("other frozen, not yet noticed", &during),
+        line("other frozen, noticed down", &after)
+    );
+    assert!(holds(&apis, "b0", &["10.76.0.1"]).await.is_some(), "kept");
+    // Within noise: a frozen source costs the others no waiting.
+    for d in [&during, &after] {
+        assert!(
+            pct(d, 0.5) <= pct(&before, 0.5) * 3 + Duration::from_millis(50),
+            "{} vs {}",
+            line("frozen", d),
+            line("before", &before)
+        );
+    }
 }
