@@ -307,14 +307,19 @@ pub enum ProbeMode {
 impl ProbeArgs {
     /// Which registrations are probed; checks what clap cannot.
     pub fn selector(&self, etcd: &EtcdArgs) -> Result<crate::probe::selector::Selector> {
+        let sources: Vec<&str> = etcd.prefixes.iter().map(|s| s.prefix.as_str()).collect();
+        self.selector_for(&sources)
+    }
+
+    /// [`Self::selector`] for a source's own prefixes (`preview --source-file`).
+    pub fn selector_for(&self, prefixes: &[&str]) -> Result<crate::probe::selector::Selector> {
         if self.interval.is_zero() || self.timeout.is_zero() || self.timeout > self.interval {
             return Err(Error::Config(format!(
                 "--probe-timeout ({:?}) must be above 0 and at most --probe-interval ({:?})",
                 self.timeout, self.interval
             )));
         }
-        let sources: Vec<&str> = etcd.prefixes.iter().map(|s| s.prefix.as_str()).collect();
-        crate::probe::selector::Selector::parse(&self.select, &sources)
+        crate::probe::selector::Selector::parse(&self.select, prefixes)
     }
 
     pub fn settings(&self) -> crate::probe::Settings {
@@ -347,6 +352,13 @@ pub struct PreviewArgs {
     /// With `--probe`: one round of health checks, and the conditions it would write.
     #[command(flatten)]
     pub probe: ProbeArgs,
+    /// Preview the registry of an EtcdSource (a YAML file, as `kubectl apply` takes) instead of
+    /// the flags' one.
+    #[arg(long = "source-file")]
+    pub source_file: Option<std::path::PathBuf>,
+    /// The Secret (YAML) the EtcdSource names in `secretRef`, for its credentials.
+    #[arg(long = "secret-file", requires = "source_file")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// Print the objects as YAML-compatible JSON instead of a table.
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     pub output: PreviewOutput,

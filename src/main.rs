@@ -266,10 +266,50 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn preview_cmd(args: PreviewArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
     args.projection.validate()?;
-    let report = preview::preview(&args.etcd, &args.projection, &args.probe).await?;
+    let source = match &args.source_file {
+        None => etcd_bridge::source::spec::from_etcd_flags(&args.etcd, &args.projection),
+        Some(path) => source_from_files(&args, path)?,
+    };
+    let report = preview::preview(&source, &args.projection, &args.probe).await?;
     match args.output {
         PreviewOutput::Table => print!("{}", report.table()),
         PreviewOutput::Json => println!("{}", serde_json::to_string_pretty(&report.objects())?),
     }
     Ok(())
+}
+
+/// The registry of an EtcdSource file (and its Secret's), resolved as `run` resolves objects.
+fn source_from_files(
+    args: &PreviewArgs,
+    path: &std::path::Path,
+) -> anyhow::Result<etcd_bridge::source::SourceConfig> {
+    use etcd_bridge::source::{file, spec};
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+    };
+    let obj = file::source(&read(path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let data = match &args.secret_file {
+        Some(p) => Some(
+            file::secret_data(&read(p)?).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let secret = match (&data, &obj.spec.secret_ref) {
+        (Some(d), _) => spec::Secret::Data(d),
+        (None, Some(_)) => spec::Secret::Unreadable("give it with --secret-file"),
+        (None, None) => spec::Secret::NotNamed,
+    };
+    let ctx = spec::Context {
+        namespace: &args.projection.namespace,
+        timeout: args.etcd.timeout,
+        reserved: &[],
+    };
+    let name = kube::ResourceExt::name_any(&obj);
+    spec::resolve(&name, &obj.spec, secret, &ctx).map_err(|p| {
+        anyhow::anyhow!(
+            "EtcdSource {name} in {}: {}",
+            path.display(),
+            spec::describe(&p)
+        )
+    })
 }

@@ -455,3 +455,57 @@ async fn a_frozen_source_leaves_the_others_propagation_unchanged() {
         );
     }
 }
+
+#[tokio::test]
+async fn preview_of_an_etcdsource_file_shows_what_run_would_write_for_it() {
+    let scope = Scope::new("sourcepreview");
+    let mut etcd = scope.etcd().await;
+    put(&mut etcd, &scope.prefix, "greeter", "10.77.0.1:80").await;
+    let file = scope
+        .bed
+        .dir
+        .join(format!("{}-source.yaml", scope.namespace));
+    let yaml = format!(
+        "apiVersion: etcd-bridge.io/v1alpha1\nkind: EtcdSource\nmetadata: {{name: region-p}}\nspec: {{endpoints: [\"{}\"], prefixes: [{{prefix: {}}}], namePrefix: p-}}\n",
+        scope.registry_endpoint, scope.prefix
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(bridge_binary())
+        .args(["preview", "-o", "json", "--namespace", &scope.namespace])
+        .arg("--source-file")
+        .arg(&file)
+        .output()
+        .expect("run etcd-bridge preview");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("a List");
+    let svc = (list["items"].as_array().unwrap().iter())
+        .find(|o| o["kind"] == "Service")
+        .expect("a Service");
+    assert_eq!(svc["metadata"]["name"], "p-greeter", "{stdout}");
+    assert_eq!(
+        svc["metadata"]["labels"]["etcd-bridge.io/source"],
+        "region-p"
+    );
+    // A source that would be refused says why, naming the field.
+    std::fs::write(
+        &file,
+        "apiVersion: etcd-bridge.io/v1alpha1\nkind: EtcdSource\nmetadata: {name: x}\nspec: {endpoints: [\"http://e:1\"], secretRef: {name: s}, prefixes: [{prefix: /}]}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bridge_binary())
+        .args(["preview", "--source-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.secretRef.name: Secret `s`: give it with --secret-file"),
+        "{err}"
+    );
+}

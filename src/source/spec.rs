@@ -157,12 +157,20 @@ pub fn from_flags(
     writeback: &WritebackArgs,
 ) -> SourceConfig {
     SourceConfig {
+        writeback_prefix: writeback.enabled.then(|| writeback.prefix.clone()),
+        ..from_etcd_flags(etcd, projection)
+    }
+}
+
+/// The flags' source without write-back (what `preview` reads).
+pub fn from_etcd_flags(etcd: &EtcdArgs, projection: &ProjectionArgs) -> SourceConfig {
+    SourceConfig {
         name: DEFAULT_SOURCE.into(),
         connection: etcd.connection(),
         prefixes: etcd.prefixes.clone(),
         target_namespace: projection.namespace.clone(),
         name_prefix: String::new(),
-        writeback_prefix: writeback.enabled.then(|| writeback.prefix.clone()),
+        writeback_prefix: None,
         stale_after: etcd.stale_after.filter(|d| !d.is_zero()),
     }
 }
