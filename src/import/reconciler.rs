@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod intake;
+mod reread;
 mod sources;
 
 /// How many Services are synced at once; each one's own writes stay in order.
@@ -99,6 +100,9 @@ pub struct Reconciler {
     confirm_at: Option<Instant>,
     /// A confirming read agreed with the cache: the next flush may remove what was held.
     deletions_confirmed: bool,
+    /// A confirming read, or a drift repair, is asked for (a read in flight serves the first).
+    confirming: bool,
+    resync_wanted: bool,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Services already reported for a weight clamped in Cilium's annotation.
@@ -150,6 +154,8 @@ impl Reconciler {
             held: BTreeSet::new(),
             confirm_at: None,
             deletions_confirmed: false,
+            confirming: false,
+            resync_wanted: false,
             metrics,
             health,
             clamped: Default::default(),
@@ -509,34 +515,6 @@ impl Reconciler {
         self.held.clone()
     }
 
-    /// Called when `confirm_at` passes.
-    pub async fn confirm_deletions(&mut self) {
-        match self.reread().await {
-            Ok(()) => {
-                tracing::warn!(
-                    services = self.held.len(),
-                    "mass-deletion guard: etcd confirms the deletions; applying them"
-                );
-                self.confirm_at = None;
-                self.deletions_confirmed = true;
-                self.dirty_names.extend(self.held.iter().cloned());
-                self.schedule.changed(Instant::now());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mass-deletion guard: cannot read etcd to confirm; still holding");
-                self.confirm_at = Some(Instant::now() + self.tuning.delete_confirm_delay);
-            }
-        }
-    }
-
-    /// Drift repair: reread etcd, then check every Service against the cluster.
-    pub async fn resync(&mut self) {
-        if let Err(e) = self.reread().await {
-            tracing::warn!(error = %e, "drift repair: cannot read etcd; checking the cluster against the cache");
-        }
-        self.synced = false;
-    }
-
     /// Logs and counts, once per Service, a weight above what Cilium's annotation takes.
     fn note_clamped(&self, name: &str, groups: &projection::Groups) {
         let Some(max) = groups.keys().map(|g| g.weight).max() else {
@@ -667,6 +645,8 @@ pub async fn run(
 ) {
     reconciler.set_leader(*leader.borrow_and_update());
     let mut verdicts = reconciler.probes.as_mut().and_then(Link::take_verdicts);
+    // The read of every source in flight, if any (it runs off the loop).
+    let mut reread = None;
     let mut resync_tick = tokio::time::interval(reconciler.tuning.resync);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut api_probe = tokio::time::interval(API_PROBE);
@@ -684,7 +664,8 @@ pub async fn run(
             }
             continue;
         }
-        let confirm = reconciler.confirm_at.filter(|_| reconciler.leader);
+        let confirm =
+            (reconciler.confirm_at).filter(|_| reconciler.leader && !reconciler.confirming);
         let stale = reconciler.next_stale();
         let failing = reconciler.schedule.failing();
         tokio::select! {
@@ -719,19 +700,12 @@ pub async fn run(
                     tracing::info!("the apiserver answers again; retrying now");
                 }
             }
-            _ = resync_tick.tick() => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = reconciler.resync() => {}
-                }
+            _ = resync_tick.tick() => reconciler.want_reread(&mut reread, false),
+            Some(results) = reread::Reread::done(&mut reread) => {
+                reconciler.finish_reread(&mut reread, results);
             }
             _ = sleep_until(stale), if stale.is_some() => reconciler.check_stale(),
-            _ = sleep_until(confirm), if confirm.is_some() => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = reconciler.confirm_deletions() => {}
-                }
-            }
+            _ = sleep_until(confirm), if confirm.is_some() => reconciler.want_reread(&mut reread, true),
             _ = sleep_until(due), if due.is_some() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

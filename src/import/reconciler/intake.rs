@@ -2,7 +2,6 @@
 //! snapshot, and what they changed is noted for the next flush.
 
 use super::Reconciler;
-use crate::error::Result;
 use crate::etcd::{KvEvent, Update};
 use crate::metrics::{ReasonLabels, StateLabels};
 use crate::snapshot::Change;
@@ -164,31 +163,5 @@ impl Reconciler {
             self.schedule.changed(Instant::now());
         }
         self.dirty_targets.extend(change.targets);
-    }
-
-    /// Reads every prefix of every source again (linearizable) and brings the cache to it:
-    /// missed events are recovered, and deletions held by the guard are confirmed if the keys
-    /// are really gone.
-    pub(super) async fn reread(&mut self) -> Result<()> {
-        let mut lists = Vec::new();
-        for config in self.registries.configs() {
-            let connection = &config.connection;
-            let mut client = crate::etcd::connect(connection).await?;
-            for p in &config.prefixes {
-                let (kvs, _) = crate::etcd::read_prefix(&mut client, connection, &p.prefix).await?;
-                lists.push((config.name.clone(), p.prefix.clone(), kvs));
-            }
-        }
-        for (source, prefix, kvs) in lists {
-            let Some(snapshot) = self.registries.snapshot_mut(&source) else {
-                continue;
-            };
-            let change = snapshot.reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
-            if !change.targets.is_empty() {
-                tracing::warn!(%source, %prefix, targets = change.targets.len(), "the consistent read found changes the watch had missed");
-                self.note_change(change);
-            }
-        }
-        Ok(())
     }
 }
