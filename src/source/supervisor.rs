@@ -196,13 +196,17 @@ impl Supervisor {
                 r.token.cancel();
                 // Every update it sent is queued before what follows.
                 for t in r.tasks {
-                    let _ = t.await;
+                    if let Err(e) = t.await {
+                        tracing::error!(source = %name, error = %e, "a watcher of this source failed");
+                    }
                 }
             }
         }
         for name in changes.gone {
             tracing::info!(source = %name, "EtcdSource gone or no longer valid: its Services go");
-            let _ = self.tx.send(Update::SourceGone(name)).await;
+            if self.tx.send(Update::SourceGone(name)).await.is_err() {
+                return; // the reconciler is gone: the bridge is stopping
+            }
         }
         for config in changes.start {
             self.start(config).await;

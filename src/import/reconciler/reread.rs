@@ -57,6 +57,7 @@ impl Reconciler {
                 };
                 (c.name, r)
             });
+            // The loop dropped the receiver only when it stopped: nothing to tell then.
             let _ = tx.send(futures::future::join_all(reads).await);
         });
         *slot = Some(Reread {
