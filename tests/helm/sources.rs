@@ -70,6 +70,21 @@ async fn sources_render_the_crd_the_flag_and_a_role_for_the_named_secrets_only()
     let role = rules(sources_role(&docs).unwrap());
     assert!(!role.iter().any(|r| r.1 == "secrets"), "{role:?}");
 
+    // With the NetworkPolicy: egress to the sources' etcd ports too.
+    let np = [
+        "sources.enabled=true",
+        "sources.etcdPorts[0]=12379",
+        "networkPolicy.enabled=true",
+    ];
+    let yaml = template("rel", &ns, &np).unwrap();
+    let docs = documents(&yaml);
+    let egress = &one(&docs, "NetworkPolicy")["spec"]["egress"][0]["ports"];
+    let ports: Vec<i64> = (egress.as_array().unwrap().iter())
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert_eq!(ports, [2379, 12379]);
+    server_validates(bed, "sources with a NetworkPolicy", &yaml);
+
     let bad = template("rel", &ns, &["sources.secretNames[0]=Not_A_Name"]).unwrap_err();
     assert!(bad.contains("secretNames"), "{bad}");
 }
