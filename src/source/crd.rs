@@ -108,8 +108,9 @@ pub struct EtcdSourceStatus {
     /// The generation these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Connected (etcd answers), Synced (every prefix read and projected) and Stale (unreachable
-    /// past staleAfter: its endpoints were removed).
+    /// Connected (every prefix is watched), Synced (every prefix listed since the source
+    /// started; its Services follow each change) and Stale (unreachable past staleAfter: its
+    /// endpoints were removed).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The etcd revision last read.
