@@ -524,3 +524,79 @@ async fn preview_of_an_etcdsource_file_shows_what_run_would_write_for_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_source_connects_with_the_tls_client_certificate_of_its_secret() {
+    use etcd_bridge_testbed::pki::Pki;
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let dir = scratch_dir("sources-tls");
+    let pki = Pki::generate(&dir.join("pki")).unwrap();
+    let flags = vec![
+        format!("--cert-file={}", pki.serving_cert.display()),
+        format!("--key-file={}", pki.serving_key.display()),
+        "--client-cert-auth".into(),
+        format!("--trusted-ca-file={}", pki.ca_cert.display()),
+    ];
+    let secured = EtcdServer::start(&dir, "tls", &flags).expect("etcd with client-cert auth");
+    assert!(secured.endpoint().starts_with("https://"));
+    let a = private_etcd("sources-tls-a");
+    let scope = Scope::with_registry("sourcestls", &a.endpoint());
+    install_crd(&scope);
+    let kubeconfig = scope.bridge_kubeconfig();
+    scope.apply(SOURCES_ROLE);
+    // The Secret the chart's Role lets the bridge read: CA, client certificate and key.
+    let files = [
+        ("ca.crt", &pki.ca_cert),
+        ("tls.crt", &pki.admin_cert),
+        ("tls.key", &pki.admin_key),
+    ];
+    let mut args = vec![
+        "create".to_owned(),
+        "secret".into(),
+        "generic".into(),
+        "etcd-b".into(),
+    ];
+    args.extend(
+        files
+            .iter()
+            .map(|(k, p)| format!("--from-file={k}={}", p.display())),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    scope.kubectl(&args);
+    source(
+        &scope,
+        "secured",
+        &secured.endpoint(),
+        ", secretRef: {name: etcd-b}",
+    );
+    let mut bridge = scope.bridge(&kubeconfig, &["--sources=true"]);
+    bridge.ready(WAIT).await;
+
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read(&pki.ca_cert)))
+        .identity(Identity::from_pem(
+            read(&pki.admin_cert),
+            read(&pki.admin_key),
+        ));
+    let mut etcd = etcd_client::Client::connect(
+        [secured.endpoint()],
+        Some(ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .expect("connect with the client certificate");
+    put(&mut etcd, &scope.prefix, "vault", "10.78.0.1:443").await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    converged(&apis, "vault", &["10.78.0.1"], WAIT).await;
+    assert_eq!(
+        label(
+            &apis.services.get("vault").await.unwrap(),
+            "etcd-bridge.io/source"
+        ),
+        "secured"
+    );
+    eventually("Connected=True", WAIT, || async {
+        (condition(&scope, "secured", "Connected") == "True").then_some(())
+    })
+    .await;
+}
