@@ -600,3 +600,38 @@ async fn a_source_connects_with_the_tls_client_certificate_of_its_secret() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_flags_registry_expires_after_stale_after_too() {
+    let a = private_etcd("sources-flags-stale");
+    let scope = Scope::with_registry("flagsstale", &a.endpoint());
+    let kubeconfig = scope.bridge_kubeconfig();
+    let flags = ["--etcd-timeout=2s", "--stale-after=3s"];
+    let mut bridge = scope.bridge(&kubeconfig, &flags);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let mut etcd = scope.etcd().await;
+    put(&mut etcd, &scope.prefix, "alpha", "10.79.0.1:80").await;
+    converged(&apis, "alpha", &["10.79.0.1"], WAIT).await;
+    assert_eq!(
+        label(
+            &apis.services.get("alpha").await.unwrap(),
+            "etcd-bridge.io/source"
+        ),
+        "default"
+    );
+    a.freeze();
+    let frozen = Instant::now();
+    eventually("the flags' registry removed once stale", WAIT, || async {
+        matches!(apis.services.get_opt("alpha").await, Ok(None)).then_some(())
+    })
+    .await;
+    eprintln!(
+        "figures: removed {:?} after SIGSTOP (--stale-after=3s)",
+        frozen.elapsed()
+    );
+    assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(1.0));
+    a.thaw();
+    converged(&apis, "alpha", &["10.79.0.1"], WAIT).await;
+    assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(0.0));
+}
