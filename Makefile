@@ -50,9 +50,10 @@ bench: deps
 
 # The CRD YAML is generated from src/writeback/crd.rs, never edited by hand.
 crds:
-	$(CARGO) run --quiet --bin etcd-bridge -- crd > crds/etcdregistrations.etcd-bridge.io.yaml
+	$(CARGO) run --quiet --bin etcd-bridge -- crd etcdregistrations > crds/etcdregistrations.etcd-bridge.io.yaml
+	$(CARGO) run --quiet --bin etcd-bridge -- crd etcdsources > crds/etcdsources.etcd-bridge.io.yaml
 	mkdir -p charts/etcd-bridge/crds
-	cp crds/etcdregistrations.etcd-bridge.io.yaml charts/etcd-bridge/crds/
+	cp crds/etcdregistrations.etcd-bridge.io.yaml crds/etcdsources.etcd-bridge.io.yaml charts/etcd-bridge/crds/
 
 # Removes the cached Kubernetes binaries, helm and compiled crates (the next run rebuilds them).
 clean-cache:

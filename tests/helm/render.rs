@@ -110,8 +110,16 @@ fn check_defaults(docs: &[Value]) {
     assert_eq!(of_kind(docs, "ClusterRoleBinding").len(), 1);
     assert!(of_kind(docs, "ServiceMonitor").is_empty());
     assert!(of_kind(docs, "NetworkPolicy").is_empty());
-    let crd = one(docs, "CustomResourceDefinition");
-    assert_eq!(crd["metadata"]["name"], "etcdregistrations.etcd-bridge.io");
+    named(
+        docs,
+        "CustomResourceDefinition",
+        "etcdregistrations.etcd-bridge.io",
+    );
+    named(
+        docs,
+        "CustomResourceDefinition",
+        "etcdsources.etcd-bridge.io",
+    );
     // The recommended labels on every object of the chart (the CRD is generated from the types).
     for doc in docs
         .iter()
@@ -589,6 +597,7 @@ fn every_flag_and_env_the_chart_renders_is_one_the_bridge_reads() {
         "writeback.selector=team=a",
         "extraArgs[0]=--etcd-timeout=9s",
         "probe.select[0]=*",
+        "sources.enabled=true",
     ];
     let yaml = template("rel", "default", &values).unwrap();
     let d = documents(&yaml);
