@@ -11,7 +11,7 @@ T := $(CARGO_TARGET_DIR)
 .PHONY: help deps build demo test lint bench crds clean-cache
 
 help:
-	@echo "make demo   - run the bridge on a local test bed (etcd + kube-apiserver) and show what it does"
+	@echo "make demo   - run the bridge on a local test bed (etcd, kube-apiserver, a real node) and show what it does"
 	@echo "make test   - install whatever is missing, then run every test (lint, unit, integration, demo)"
 	@echo "make bench  - benchmarks (release build): latency, burst, cold start, memory; see docs/benchmarks.md"
 
@@ -50,9 +50,10 @@ bench: deps
 
 # The CRD YAML is generated from src/writeback/crd.rs, never edited by hand.
 crds:
-	$(CARGO) run --quiet --bin etcd-bridge -- crd > crds/etcdregistrations.etcd-bridge.io.yaml
+	$(CARGO) run --quiet --bin etcd-bridge -- crd etcdregistrations > crds/etcdregistrations.etcd-bridge.io.yaml
+	$(CARGO) run --quiet --bin etcd-bridge -- crd etcdsources > crds/etcdsources.etcd-bridge.io.yaml
 	mkdir -p charts/etcd-bridge/crds
-	cp crds/etcdregistrations.etcd-bridge.io.yaml charts/etcd-bridge/crds/
+	cp crds/etcdregistrations.etcd-bridge.io.yaml crds/etcdsources.etcd-bridge.io.yaml charts/etcd-bridge/crds/
 
 # Removes the cached Kubernetes binaries, helm and compiled crates (the next run rebuilds them).
 clean-cache:

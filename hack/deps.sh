@@ -8,7 +8,8 @@
 #     loopback, portmap), iptables (kube-proxy's mode, and the bridge plugin's masquerade),
 #     conntrack (kube-proxy clears stale UDP entries with it), iproute2 (the node's network
 #     namespace and link), umoci and skopeo (images without a Docker engine), busybox-static (the
-#     pause and client images); and, into the cache, the .debs hack/image.sh makes images of;
+#     pause and client images), python3 (hack/image.sh's Dockerfile reader); and, into the cache,
+#     the .debs hack/image.sh makes images of;
 #   - kube-apiserver, kube-controller-manager, kubectl, kubelet and kube-proxy, built from
 #     k8s.io/kubernetes through the Go module proxy, and CoreDNS from its Go module
 #     (testbed/kube/build.sh, cached in ~/.cache/etcd-bridge);
@@ -36,6 +37,7 @@ declare -A provides=(
   [umoci]=/usr/bin/umoci
   [skopeo]=/usr/bin/skopeo # brings golang-github-containers-image and -common with it
   [busybox-static]=/bin/busybox
+  [python3]=/usr/bin/python3 # hack/image.sh reads the Dockerfile and writes image configs with it
 )
 
 missing=()

@@ -25,8 +25,18 @@ pub enum Command {
     /// Print, from etcd alone and with no cluster, what `run` would write, and every key it would
     /// skip with the reason.
     Preview(Box<PreviewArgs>),
-    /// Print the EtcdRegistration CRD (YAML), generated from the Rust types.
-    Crd,
+    /// Print a CRD (YAML), generated from the Rust types: EtcdRegistration (the default) or
+    /// EtcdSource.
+    Crd {
+        #[arg(value_enum, default_value = "etcdregistrations")]
+        kind: CrdKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CrdKind {
+    Etcdregistrations,
+    Etcdsources,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +87,10 @@ pub struct EtcdArgs {
     /// Client key (PEM) for --etcd-cert-file.
     #[arg(long = "etcd-key-file", env = "ETCD_BRIDGE_ETCD_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
+    /// Remove this registry's endpoints once it has been unreachable this long (e.g. 10m).
+    /// Without it, the last state is kept however long etcd is away.
+    #[arg(long = "stale-after", env = "ETCD_BRIDGE_STALE_AFTER", value_parser = humantime)]
+    pub stale_after: Option<Duration>,
     /// Timeout of one etcd request, and of connecting.
     #[arg(long = "etcd-timeout", env = "ETCD_BRIDGE_ETCD_TIMEOUT", value_parser = humantime, default_value = "5s")]
     pub timeout: Duration,
@@ -158,6 +172,11 @@ pub struct RunArgs {
     /// How long held deletions wait before etcd is read again to confirm them.
     #[arg(long, env = "ETCD_BRIDGE_DELETE_CONFIRM_DELAY", value_parser = humantime, default_value = "30s")]
     pub delete_confirm_delay: Duration,
+    /// Also import from the registries that EtcdSource objects in --namespace describe (the
+    /// CRD must be installed, and the bridge allowed to read them and the Secrets they name).
+    /// The flags' registry stays the source named `default`.
+    #[arg(long, env = "ETCD_BRIDGE_SOURCES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub sources: bool,
     #[command(flatten)]
     pub writeback: WritebackArgs,
     #[command(flatten)]
@@ -288,14 +307,19 @@ pub enum ProbeMode {
 impl ProbeArgs {
     /// Which registrations are probed; checks what clap cannot.
     pub fn selector(&self, etcd: &EtcdArgs) -> Result<crate::probe::selector::Selector> {
+        let sources: Vec<&str> = etcd.prefixes.iter().map(|s| s.prefix.as_str()).collect();
+        self.selector_for(&sources)
+    }
+
+    /// [`Self::selector`] for a source's own prefixes (`preview --source-file`).
+    pub fn selector_for(&self, prefixes: &[&str]) -> Result<crate::probe::selector::Selector> {
         if self.interval.is_zero() || self.timeout.is_zero() || self.timeout > self.interval {
             return Err(Error::Config(format!(
                 "--probe-timeout ({:?}) must be above 0 and at most --probe-interval ({:?})",
                 self.timeout, self.interval
             )));
         }
-        let sources: Vec<&str> = etcd.prefixes.iter().map(|s| s.prefix.as_str()).collect();
-        crate::probe::selector::Selector::parse(&self.select, &sources)
+        crate::probe::selector::Selector::parse(&self.select, prefixes)
     }
 
     pub fn settings(&self) -> crate::probe::Settings {
@@ -328,6 +352,13 @@ pub struct PreviewArgs {
     /// With `--probe`: one round of health checks, and the conditions it would write.
     #[command(flatten)]
     pub probe: ProbeArgs,
+    /// Preview the registry of an EtcdSource (a YAML file, as `kubectl apply` takes) instead of
+    /// the flags' one.
+    #[arg(long = "source-file")]
+    pub source_file: Option<std::path::PathBuf>,
+    /// The Secret (YAML) the EtcdSource names in `secretRef`, for its credentials.
+    #[arg(long = "secret-file", requires = "source_file")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// Print the objects as YAML-compatible JSON instead of a table.
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     pub output: PreviewOutput,
@@ -359,7 +390,7 @@ fn source(s: &str) -> std::result::Result<Source, String> {
     })
 }
 
-fn humantime(s: &str) -> std::result::Result<Duration, String> {
+pub(crate) fn humantime(s: &str) -> std::result::Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
@@ -375,6 +406,25 @@ fn humantime(s: &str) -> std::result::Result<Duration, String> {
 }
 
 impl EtcdArgs {
+    /// How to reach etcd, as the flags say (the `default` source's connection).
+    pub fn connection(&self) -> crate::source::spec::Connection {
+        use crate::source::spec::{Connection, Credentials, Pem};
+        let file = |p: &Option<std::path::PathBuf>| p.clone().map(Pem::File);
+        Connection {
+            endpoints: self.endpoints.clone(),
+            credentials: match (&self.username, &self.password) {
+                (Some(u), Some(p)) => Some(Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }),
+                _ => None,
+            },
+            ca: file(&self.ca_file),
+            identity: file(&self.cert_file).zip(file(&self.key_file)),
+            timeout: self.timeout,
+        }
+    }
+
     /// Checks what clap cannot: prefix shape, and credentials that come in pairs.
     pub fn validate(&self) -> Result<()> {
         for Source { prefix: p, format } in &self.prefixes {

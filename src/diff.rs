@@ -210,6 +210,7 @@ mod tests {
             })
             .collect();
         let target = Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: "greeter".into(),
             version: Some("v1".into()),
@@ -234,6 +235,7 @@ mod tests {
 
     fn desired_slice(name: &str, group: &GroupKey, ips: &[&str]) -> EndpointSlice {
         let mut s = projection::slice(
+            "default",
             "greeter-v1",
             name,
             group,

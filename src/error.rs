@@ -22,6 +22,10 @@ pub enum Error {
     },
     #[error("write-back of {key}: {reason}")]
     WriteBack { key: String, reason: String },
+    #[error(
+        "etcd source `{source_name}` is unreachable, so it cannot be read again now; what depends on that read (held deletions) waits until it answers"
+    )]
+    SourceDown { source_name: String },
     #[error("configuration: {0}")]
     Config(String),
     #[error("{context}: {source}")]

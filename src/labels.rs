@@ -15,6 +15,9 @@ pub const PART_OF_VALUE: &str = "etcd-bridge";
 
 /// Which bridge owns the object, so that two bridges for two registries can share a cluster.
 pub const INSTANCE: &str = "etcd-bridge.io/instance";
+/// The source (registry) an imported object was projected from: `default` for the flags' one,
+/// else the name of its EtcdSource.
+pub const SOURCE: &str = "etcd-bridge.io/source";
 /// `aggregate` for the `{name}` Service, `version` for `{name}-{version}`.
 pub const TARGET_KIND: &str = "etcd-bridge.io/target";
 

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod projection;
 pub mod slicing;
 pub mod snapshot;
+pub mod source;
 pub mod target;
 pub mod writeback;
 

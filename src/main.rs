@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use etcd_bridge::config::{Cli, Command, LogFormat, PreviewArgs, PreviewOutput, RunArgs};
+use etcd_bridge::config::{Cli, Command, CrdKind, LogFormat, PreviewArgs, PreviewOutput, RunArgs};
 use etcd_bridge::http::{self, Health};
 use etcd_bridge::import::{self, Reconciler, Tuning};
 use etcd_bridge::k8s::{ClusterView, Writer};
@@ -27,8 +27,14 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             preview_cmd(*args).await
         }
-        Command::Crd => {
-            print!("{}", etcd_bridge::writeback::crd::crd_yaml());
+        Command::Crd { kind } => {
+            print!(
+                "{}",
+                match kind {
+                    CrdKind::Etcdregistrations => etcd_bridge::writeback::crd::crd_yaml(),
+                    CrdKind::Etcdsources => etcd_bridge::source::crd::crd_yaml(),
+                }
+            );
             Ok(())
         }
     }
@@ -127,17 +133,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (view, cluster_rx) = ClusterView::start(client.clone(), ns, &args.projection.instance);
     let writer = Writer::new(client.clone(), view, metrics.clone());
 
+    let default_source =
+        etcd_bridge::source::spec::from_flags(&args.etcd, &args.projection, &args.writeback);
     let (tx, etcd_rx) = tokio::sync::mpsc::channel(1024);
     for source in &args.etcd.prefixes {
         tokio::spawn(etcd_bridge::etcd::watch_prefix(
-            args.etcd.clone(),
+            default_source.connection.clone(),
+            default_source.name.clone(),
             source.prefix.clone(),
             tx.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
     }
-    drop(tx);
+    // What the import reports of each source, for the EtcdSource status.
+    let (reports_tx, reports) = tokio::sync::watch::channel(Default::default());
 
     let leadership = if args.leader_election {
         let name = args
@@ -165,6 +175,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Leadership::always()
     };
 
+    if args.sources {
+        let supervisor = etcd_bridge::source::supervisor::Supervisor::new(
+            client.clone(),
+            default_source.clone(),
+            args.etcd.timeout,
+            tx.clone(),
+            metrics.clone(),
+            reports,
+            leadership.is_leader.clone(),
+        );
+        tokio::spawn(supervisor.run(shutdown.clone()));
+    }
+    drop(tx);
     let writeback = args.writeback.enabled.then(|| {
         tokio::spawn(etcd_bridge::writeback::controller::run(
             client.clone(),
@@ -177,7 +200,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
     let reconciler = Reconciler::new(
-        args.etcd.clone(),
+        vec![default_source.clone()],
         args.projection.aggregate,
         (!args.writeback.import_own).then_some(args.projection.instance.as_str()),
         args.projection.projection_config(),
@@ -192,6 +215,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         health.clone(),
     );
+    let reconciler = match args.sources {
+        true => reconciler.with_source_objects().with_reports(reports_tx),
+        false => reconciler,
+    };
     // Health checks, when --probe names anything: the prober probes what the leader's
     // reconciler plans, and sends back each change of verdict.
     let reconciler = if probed.is_empty() {
@@ -239,10 +266,50 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn preview_cmd(args: PreviewArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
     args.projection.validate()?;
-    let report = preview::preview(&args.etcd, &args.projection, &args.probe).await?;
+    let source = match &args.source_file {
+        None => etcd_bridge::source::spec::from_etcd_flags(&args.etcd, &args.projection),
+        Some(path) => source_from_files(&args, path)?,
+    };
+    let report = preview::preview(&source, &args.projection, &args.probe).await?;
     match args.output {
         PreviewOutput::Table => print!("{}", report.table()),
         PreviewOutput::Json => println!("{}", serde_json::to_string_pretty(&report.objects())?),
     }
     Ok(())
+}
+
+/// The registry of an EtcdSource file (and its Secret's), resolved as `run` resolves objects.
+fn source_from_files(
+    args: &PreviewArgs,
+    path: &std::path::Path,
+) -> anyhow::Result<etcd_bridge::source::SourceConfig> {
+    use etcd_bridge::source::{file, spec};
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+    };
+    let obj = file::source(&read(path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let data = match &args.secret_file {
+        Some(p) => Some(
+            file::secret_data(&read(p)?).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let secret = match (&data, &obj.spec.secret_ref) {
+        (Some(d), _) => spec::Secret::Data(d),
+        (None, Some(_)) => spec::Secret::Unreadable("give it with --secret-file"),
+        (None, None) => spec::Secret::NotNamed,
+    };
+    let ctx = spec::Context {
+        namespace: &args.projection.namespace,
+        timeout: args.etcd.timeout,
+        reserved: &[],
+    };
+    let name = kube::ResourceExt::name_any(&obj);
+    spec::resolve(&name, &obj.spec, secret, &ctx).map_err(|p| {
+        anyhow::anyhow!(
+            "EtcdSource {name} in {}: {}",
+            path.display(),
+            spec::describe(&p)
+        )
+    })
 }

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub etcd_connected: Gauge,
     pub held_deletions: Gauge,
+    pub stale_sources: Gauge,
     pub weights_clamped: Counter,
     pub writeback_put_seconds: Histogram,
     pub writeback_leases: Gauge,
@@ -99,6 +100,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             etcd_connected: Gauge::default(),
             held_deletions: Gauge::default(),
+            stale_sources: Gauge::default(),
             weights_clamped: Counter::default(),
             // 100 µs .. ~3.3 s.
             writeback_put_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -182,6 +184,11 @@ impl Default for Metrics {
             "held_deletions",
             "Endpoint deletions held by the mass-deletion guard until etcd confirms them",
             m.held_deletions.clone(),
+        );
+        registry.register(
+            "stale_sources",
+            "Sources unreachable past their staleAfter, whose endpoints were removed",
+            m.stale_sources.clone(),
         );
         registry.register(
             "weights_clamped",

@@ -175,11 +175,18 @@ pub struct Collision {
 
 /// The `attempt`-th name `target` tries: first its plain label, then labels made unique with
 /// hashes of its full identity (and, should even those collide, of the attempt number).
-fn candidate(target: &Target, attempt: u32) -> String {
+fn candidate(target: &Target, attempt: u32, name_prefix: &str) -> String {
+    let raw = format!("{name_prefix}{}", target.raw_name());
     if attempt == 0 {
-        return dns_label(&target.raw_name());
+        return dns_label(&raw);
     }
-    let mut identity = format!(
+    // The flags' source keeps the hashes it always had; another source's differ from it.
+    let mut identity = match target.source.as_str() {
+        crate::source::spec::DEFAULT_SOURCE => String::new(),
+        source => format!("{source}\0"),
+    };
+    let _ = write!(
+        identity,
         "{}{}\0{}",
         target.prefix,
         target.name,
@@ -188,7 +195,7 @@ fn candidate(target: &Target, attempt: u32) -> String {
     if attempt > 1 {
         let _ = write!(identity, "\0{attempt}");
     }
-    with_hash(&sanitize(&target.raw_name()), &hash8(identity.as_bytes()))
+    with_hash(&sanitize(&raw), &hash8(identity.as_bytes()))
 }
 
 /// Names every target, uniquely and stably.
@@ -207,6 +214,17 @@ pub fn assign<'a>(
     targets: impl IntoIterator<Item = &'a Target>,
     in_use: &BTreeMap<String, Target>,
 ) -> (BTreeMap<Target, String>, Vec<Collision>) {
+    assign_prefixed(targets, in_use, &BTreeMap::new())
+}
+
+/// [`assign`], each source's names starting with its `namePrefix` (by source name). A name in
+/// use keeps its owner all the same: a prefix given later applies to new names only.
+pub fn assign_prefixed<'a>(
+    targets: impl IntoIterator<Item = &'a Target>,
+    in_use: &BTreeMap<String, Target>,
+    name_prefixes: &BTreeMap<String, String>,
+) -> (BTreeMap<Target, String>, Vec<Collision>) {
+    let prefix = |t: &Target| name_prefixes.get(&t.source).map_or("", String::as_str);
     let mut pending: BTreeSet<&Target> = targets.into_iter().collect();
     // Name -> who has it: a target being named now, or the gone owner it stays reserved for.
     let mut holders: BTreeMap<String, &Target> = BTreeMap::new();
@@ -224,7 +242,7 @@ pub fn assign<'a>(
             }
             continue;
         };
-        let first = candidate(target, 0);
+        let first = candidate(target, 0, prefix(target));
         let keep = owned_names
             .iter()
             .find(|n| ***n == first)
@@ -242,7 +260,7 @@ pub fn assign<'a>(
         // `pending` is ordered, so each claimant list is too.
         for &target in &pending {
             claims
-                .entry(candidate(target, attempt))
+                .entry(candidate(target, attempt, prefix(target)))
                 .or_default()
                 .push(target);
         }
@@ -292,10 +310,45 @@ mod tests {
 
     fn t(prefix: &str, name: &str, version: Option<&str>) -> Target {
         Target {
+            source: "default".into(),
             prefix: prefix.into(),
             name: name.into(),
             version: version.map(Into::into),
         }
+    }
+
+    #[test]
+    fn two_sources_wanting_one_name_follow_the_stable_name_rule() {
+        let of = |source: &str| Target {
+            source: source.into(),
+            ..t("/services/", "greeter", None)
+        };
+        let (a, b) = (of("region-a"), of("region-b"));
+        // New to both: the first in sort order has it.
+        let (names, collisions) = assign([&a, &b], &BTreeMap::new());
+        assert_eq!(names[&a], "greeter");
+        assert!(names[&b].starts_with("greeter-") && names[&b] != names[&a]);
+        assert_eq!(collisions[0].winner, a);
+        // In use by region-b: it keeps the name, whatever the order.
+        let in_use = BTreeMap::from([("greeter".to_owned(), b.clone())]);
+        let (names, _) = assign([&a, &b], &in_use);
+        assert_eq!(names[&b], "greeter");
+        assert!(names[&a].starts_with("greeter-"));
+        // A source's namePrefix comes first, for new names; a name in use keeps its owner.
+        let eu = BTreeMap::from([("region-b".to_owned(), "eu-".to_owned())]);
+        let (names, _) = assign_prefixed([&a, &b], &BTreeMap::new(), &eu);
+        assert_eq!(
+            (names[&a].as_str(), names[&b].as_str()),
+            ("greeter", "eu-greeter")
+        );
+        let (names, _) = assign_prefixed([&a, &b], &in_use, &eu);
+        assert_eq!(names[&b], "greeter");
+        // Each source's hashed name is its own; the flags' source keeps the hash it had.
+        assert_ne!(candidate(&a, 1, ""), candidate(&b, 1, ""));
+        assert_eq!(
+            candidate(&of("default"), 1, ""),
+            with_hash("greeter", &hash8(b"/services/greeter\0"))
+        );
     }
 
     #[test]
@@ -391,7 +444,7 @@ mod tests {
         let in_use = BTreeMap::from([("c-d".to_string(), old.clone())]);
         let (names, collisions) = assign([&old, &newcomer], &in_use);
         assert_eq!(names[&old], "c-d");
-        assert_eq!(names[&newcomer], candidate(&newcomer, 1));
+        assert_eq!(names[&newcomer], candidate(&newcomer, 1, ""));
         assert_eq!(
             collisions,
             vec![Collision {
@@ -467,11 +520,11 @@ mod tests {
         // Someone registered the exact name another target's first fallback would take.
         let winner = t("/", "x", None);
         let loser = t("/other/", "x", None);
-        let squatter = t("/other/", &candidate(&loser, 1), None);
+        let squatter = t("/other/", &candidate(&loser, 1, ""), None);
         let (names, collisions) = assign([&winner, &loser, &squatter], &none());
         assert_eq!(names[&winner], "x");
-        assert_eq!(names[&squatter], candidate(&loser, 1));
-        assert_eq!(names[&loser], candidate(&loser, 2));
+        assert_eq!(names[&squatter], candidate(&loser, 1, ""));
+        assert_eq!(names[&loser], candidate(&loser, 2, ""));
         assert_eq!(collisions.len(), 2);
         assert_eq!(collisions[1].winner, squatter);
     }
@@ -509,6 +562,7 @@ mod tests {
             proptest::option::of(part),
         )
             .prop_map(|(prefix, name, version)| Target {
+                source: "default".into(),
                 prefix: prefix.to_owned(),
                 name,
                 version,

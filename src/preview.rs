@@ -1,6 +1,6 @@
 //! `etcd-bridge preview`: what `run` would write, from etcd alone, and every key it would skip.
 
-use crate::config::{EtcdArgs, ProbeArgs, ProjectionArgs};
+use crate::config::{ProbeArgs, ProjectionArgs};
 use crate::diff::SliceChange;
 use crate::error::Result;
 use crate::format::SkipReason;
@@ -14,6 +14,7 @@ use crate::probe::selector::Selector;
 use crate::probe::state::Outcome;
 use crate::projection::{self, EndpointId, ProjectionConfig};
 use crate::snapshot::{Snapshot, Source};
+use crate::source::SourceConfig;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -65,22 +66,31 @@ pub struct Report {
 
 /// Lists every prefix once and projects it, as `run` would on an empty cluster; with `--probe`,
 /// after one round of health checks of the probed endpoints.
-pub async fn preview(etcd: &EtcdArgs, proj: &ProjectionArgs, probe: &ProbeArgs) -> Result<Report> {
-    let selector = probe.selector(etcd)?;
-    let mut client = crate::etcd::connect(etcd).await?;
+/// `source`: the flags' registry, or an EtcdSource's (`--source-file`).
+pub async fn preview(
+    source: &SourceConfig,
+    proj: &ProjectionArgs,
+    probe: &ProbeArgs,
+) -> Result<Report> {
+    let prefixes: Vec<&str> = source.prefixes.iter().map(|s| s.prefix.as_str()).collect();
+    let selector = probe.selector_for(&prefixes)?;
+    let connection = &source.connection;
+    let mut client = crate::etcd::connect(connection).await?;
     // As `run` does by default: keys this instance wrote back are listed as skipped, not projected.
-    let mut snapshot =
-        Snapshot::new(etcd.prefixes.clone(), proj.aggregate).skip_own(&proj.instance);
-    for prefix in etcd.prefixes.iter().map(|s| &s.prefix) {
-        let (kvs, _) = crate::etcd::read_prefix(&mut client, etcd, prefix).await?;
+    let mut snapshot = Snapshot::new(source.prefixes.clone(), proj.aggregate)
+        .of_source(&source.name)
+        .skip_own(&proj.instance);
+    for prefix in prefixes {
+        let (kvs, _) = crate::etcd::read_prefix(&mut client, connection, prefix).await?;
         snapshot.reset_prefix(prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
     }
     let probed = match selector.is_empty() {
         true => None,
         false => Some(probe_once(&snapshot, selector, probe).await),
     };
-    Ok(Report::from_snapshot(
+    Ok(Report::from_snapshot_prefixed(
         &snapshot,
+        &source.name_prefix,
         &proj.projection_config(),
         probed,
     ))
@@ -117,7 +127,19 @@ impl Report {
         cfg: &ProjectionConfig,
         probed: Option<Probed>,
     ) -> Report {
-        let (names, collisions) = naming::assign(snapshot.targets(), &BTreeMap::new());
+        Report::from_snapshot_prefixed(snapshot, "", cfg, probed)
+    }
+
+    /// [`Report::from_snapshot`], new names starting with the source's `name_prefix`.
+    pub fn from_snapshot_prefixed(
+        snapshot: &Snapshot,
+        name_prefix: &str,
+        cfg: &ProjectionConfig,
+        probed: Option<Probed>,
+    ) -> Report {
+        let prefixes = BTreeMap::from([(snapshot.source().to_owned(), name_prefix.to_owned())]);
+        let (names, collisions) =
+            naming::assign_prefixed(snapshot.targets(), &BTreeMap::new(), &prefixes);
         let mut services = Vec::new();
         let mut panics = Vec::new();
         for (target, name) in &names {
@@ -141,13 +163,21 @@ impl Report {
             if let Some(p) = health.panic {
                 panics.push((name.clone(), p));
             }
-            let slices = plan::slice_changes(name, &groups, &health.unhealthy, &[], None, cfg)
-                .into_iter()
-                .filter_map(|c| match c {
-                    SliceChange::Apply(s) => Some(s),
-                    SliceChange::Delete(_) => None,
-                })
-                .collect();
+            let slices = plan::slice_changes(
+                &wanted.target.source,
+                name,
+                &groups,
+                &health.unhealthy,
+                &[],
+                None,
+                cfg,
+            )
+            .into_iter()
+            .filter_map(|c| match c {
+                SliceChange::Apply(s) => Some(s),
+                SliceChange::Delete(_) => None,
+            })
+            .collect();
             services.push((*svc, slices));
         }
         services.sort_by_key(|(s, _)| s.name_any());

@@ -129,12 +129,13 @@ pub fn port_name(port: u16) -> String {
 
 const TCP: &str = "TCP";
 
-/// Labels on every object the bridge writes.
-fn owner_labels(cfg: &ProjectionConfig) -> BTreeMap<String, String> {
+/// Labels on every object the bridge projects from the registry `source`.
+fn owner_labels(cfg: &ProjectionConfig, source: &str) -> BTreeMap<String, String> {
     [
         (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
         (labels::PART_OF, labels::PART_OF_VALUE),
         (labels::INSTANCE, cfg.instance.as_str()),
+        (labels::SOURCE, source),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -143,7 +144,7 @@ fn owner_labels(cfg: &ProjectionConfig) -> BTreeMap<String, String> {
 
 /// The selector-less Service `name` for `target`, with one port per distinct port in `groups`.
 pub fn service(name: &str, target: &Target, groups: &Groups, cfg: &ProjectionConfig) -> Service {
-    let mut labels = owner_labels(cfg);
+    let mut labels = owner_labels(cfg, &target.source);
     labels.insert(labels::APP_NAME.to_owned(), name.to_owned());
     let kind = if target.version.is_some() {
         "version"
@@ -188,11 +189,13 @@ pub fn service(name: &str, target: &Target, groups: &Groups, cfg: &ProjectionCon
     }
 }
 
-/// The EndpointSlice `name` of Service `service` holding `addrs` of `group`, each endpoint with
+/// The EndpointSlice `name` of Service `service` (of the registry `source`) holding `addrs` of
+/// `group`, each endpoint with
 /// the [`conditions`] of its weight and of whether it is in `unhealthy`. Endpoints are sorted so
 /// the same input always gives the same object. Owner references are left to the caller, which
 /// knows the Service's uid.
 pub fn slice(
+    source: &str,
     service: &str,
     name: &str,
     group: &GroupKey,
@@ -200,7 +203,7 @@ pub fn slice(
     unhealthy: &Unhealthy,
     cfg: &ProjectionConfig,
 ) -> EndpointSlice {
-    let mut labels = owner_labels(cfg);
+    let mut labels = owner_labels(cfg, source);
     labels.insert(labels::SERVICE_NAME.to_owned(), service.to_owned());
     labels.insert(
         labels::SLICE_MANAGED_BY.to_owned(),
@@ -330,6 +333,7 @@ mod tests {
     #[test]
     fn service_carries_identity_and_ports() {
         let target = Target {
+            source: "default".into(),
             prefix: "/reg/".into(),
             name: "Greeter".into(),
             version: Some("v1".into()),
@@ -354,6 +358,7 @@ mod tests {
                         "app.kubernetes.io/part-of": "etcd-bridge",
                         "app.kubernetes.io/name": "greeter-v1-1234abcd",
                         "etcd-bridge.io/instance": "main",
+                        "etcd-bridge.io/source": "default",
                         "etcd-bridge.io/target": "version",
                     },
                     "annotations": {
@@ -375,6 +380,7 @@ mod tests {
     #[test]
     fn headless_aggregate_service() {
         let target = Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: "greeter".into(),
             version: None,
@@ -399,6 +405,7 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         let s = slice(
+            "default",
             "greeter",
             "greeter-abc-0",
             &g,
@@ -422,6 +429,7 @@ mod tests {
                         "app.kubernetes.io/managed-by": "etcd-bridge",
                         "app.kubernetes.io/part-of": "etcd-bridge",
                         "etcd-bridge.io/instance": "main",
+                        "etcd-bridge.io/source": "default",
                     },
                     "annotations": {"etcd-bridge.io/weight": "7", "service.cilium.io/weight": "7"},
                 },
@@ -440,10 +448,18 @@ mod tests {
         let ip: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
         let g = key(AddressType::IPv4, 80, 1);
         let labels = |headless| {
-            slice("s", "s-0", &g, &ip, &Unhealthy::new(), &cfg(headless))
-                .metadata
-                .labels
-                .unwrap()
+            slice(
+                "default",
+                "s",
+                "s-0",
+                &g,
+                &ip,
+                &Unhealthy::new(),
+                &cfg(headless),
+            )
+            .metadata
+            .labels
+            .unwrap()
         };
         assert_eq!(
             labels(true).get(labels::HEADLESS).map(String::as_str),
@@ -461,7 +477,7 @@ mod tests {
                 ..cfg(true)
             };
             let g = key(AddressType::IPv4, 80, weight);
-            slice("s", "s-0", &g, &ip, &Unhealthy::new(), &c)
+            slice("default", "s", "s-0", &g, &ip, &Unhealthy::new(), &c)
                 .metadata
                 .annotations
                 .unwrap()
@@ -503,7 +519,7 @@ mod tests {
             .collect();
         // 10.0.0.2 fails on port 80; 10.0.0.1 fails only on another port, which is not this one.
         let unhealthy = Unhealthy::from([(addrs[1], 80), (addrs[0], 81)]);
-        let s = slice("s", "s-0", &g, &addrs, &unhealthy, &cfg(true));
+        let s = slice("default", "s", "s-0", &g, &addrs, &unhealthy, &cfg(true));
         let got: Vec<(String, (bool, bool, bool))> = s
             .endpoints
             .iter()
@@ -523,6 +539,7 @@ mod tests {
         );
         let drained = key(AddressType::IPv4, 80, 0);
         let s = slice(
+            "default",
             "s",
             "s-0",
             &drained,

@@ -354,7 +354,15 @@ mod tests {
             weight: -3,
         };
         let addrs: Vec<IpAddr> = vec!["fd00::1".parse().unwrap(), "fd00::2".parse().unwrap()];
-        let object = slice("svc", "svc-x-0", &group, &addrs, &Default::default(), &cfg);
+        let object = slice(
+            "default",
+            "svc",
+            "svc-x-0",
+            &group,
+            &addrs,
+            &Default::default(),
+            &cfg,
+        );
         let want = SlicePlan {
             name: "svc-x-0".into(),
             group,

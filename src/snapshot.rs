@@ -39,7 +39,18 @@ pub struct Source {
     pub format: Format,
 }
 
+/// A source's keys in brief, for its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub keys: usize,
+    /// Distinct registered addresses.
+    pub endpoints: usize,
+    pub skipped: BTreeMap<&'static str, usize>,
+}
+
 pub struct Snapshot {
+    /// The registry these keys are read from; its targets carry its name.
+    source: String,
     sources: Vec<Source>,
     aggregate: bool,
     /// `{instance}/`: values whose owner marker starts with it were written back by this bridge
@@ -55,6 +66,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(sources: Vec<Source>, aggregate: bool) -> Self {
         Snapshot {
+            source: crate::source::spec::DEFAULT_SOURCE.to_owned(),
             sources,
             aggregate,
             skip_owner: None,
@@ -62,6 +74,16 @@ impl Snapshot {
             entries: BTreeMap::new(),
             targets: BTreeMap::new(),
         }
+    }
+
+    /// The keys of the source `name` (the flags' `default` unless said).
+    pub fn of_source(mut self, name: &str) -> Self {
+        self.source = name.to_owned();
+        self
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Skips the values this bridge instance wrote back.
@@ -79,7 +101,7 @@ impl Snapshot {
     fn targets_of(&self, key: &str, entry: &Entry) -> Vec<Target> {
         match (entry, self.source_of(key)) {
             (Entry::Valid(reg, _), Some(source)) => {
-                target::targets_of(&source.prefix, reg, self.aggregate).collect()
+                target::targets_of(&self.source, &source.prefix, reg, self.aggregate).collect()
             }
             _ => Vec::new(),
         }
@@ -250,6 +272,25 @@ impl Snapshot {
         (self.entries.len() - self.skipped, self.skipped)
     }
 
+    /// What a source's status shows: keys read, distinct endpoints, skipped keys by reason.
+    pub fn summary(&self) -> Summary {
+        let mut endpoints = std::collections::HashSet::new();
+        let mut skipped = BTreeMap::new();
+        for e in self.entries.values() {
+            match e {
+                Entry::Valid(r, _) => {
+                    endpoints.insert(r.addr);
+                }
+                Entry::Skipped(why) => *skipped.entry(why.label()).or_default() += 1,
+            }
+        }
+        Summary {
+            keys: self.entries.len(),
+            endpoints: endpoints.len(),
+            skipped,
+        }
+    }
+
     pub fn sources(&self) -> &[Source] {
         &self.sources
     }
@@ -262,6 +303,24 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_counts_keys_distinct_endpoints_and_skips_by_reason() {
+        let mut s = Snapshot::new(
+            vec![Source {
+                prefix: "/".into(),
+                format: Format::Seed,
+            }],
+            true,
+        );
+        s.put(b"/a/v1/10.0.0.1:80", &value("a", "v1", "10.0.0.1:80", 1));
+        s.put(b"/b/v1/10.0.0.1:80", &value("b", "v1", "10.0.0.1:80", 1));
+        s.put(b"/b/v1/10.0.0.2:80", &value("b", "v1", "10.0.0.2:80", 1));
+        s.put(b"/c/v1/x", b"not json");
+        let sum = s.summary();
+        assert_eq!((sum.keys, sum.endpoints), (4, 2));
+        assert_eq!(sum.skipped.values().sum::<usize>(), 1);
+    }
 
     fn value(name: &str, version: &str, addr: &str, weight: i64) -> Vec<u8> {
         format!(r#"{{"name":"{name}","addr":"{addr}","version":"{version}","weight":{weight}}}"#)
@@ -277,6 +336,7 @@ mod tests {
 
     fn target(name: &str, version: Option<&str>) -> Target {
         Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: name.into(),
             version: version.map(Into::into),
@@ -368,6 +428,7 @@ mod tests {
         assert!(s.put(key, v("b").as_bytes()).targets.is_empty());
         // The version lives in the value: the versioned target finds the key without a key range.
         let versioned = Target {
+            source: "default".into(),
             prefix: "/microservices/".into(),
             name: "h".into(),
             version: Some("v1".into()),

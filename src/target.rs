@@ -8,6 +8,8 @@ use crate::format::Registration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
+    /// The registry it is read from (first: each source's targets sort together).
+    pub source: String,
     pub prefix: String,
     pub name: String,
     /// `None`: the aggregate `{name}` (all versions and unversioned keys); `Some(v)`: `{name}-{v}`.
@@ -35,11 +37,13 @@ impl Target {
 /// The targets `reg` belongs to: its version's target (unversioned registrations have none), and
 /// the aggregate when aggregates are projected.
 pub fn targets_of<'a>(
+    source: &'a str,
     prefix: &'a str,
     reg: &'a Registration,
     aggregate: bool,
 ) -> impl Iterator<Item = Target> {
     let target = move |version: Option<String>| Target {
+        source: source.to_owned(),
         prefix: prefix.to_owned(),
         name: reg.name.clone(),
         version,
@@ -64,6 +68,7 @@ mod tests {
 
     fn target(version: Option<&str>) -> Target {
         Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: "greeter".into(),
             version: version.map(Into::into),
@@ -73,9 +78,9 @@ mod tests {
     #[test]
     fn versioned_registration_belongs_to_its_version_and_the_aggregate() {
         let r = reg("v1");
-        let all: Vec<_> = targets_of("/", &r, true).collect();
+        let all: Vec<_> = targets_of("default", "/", &r, true).collect();
         assert_eq!(all, vec![target(Some("v1")), target(None)]);
-        let only: Vec<_> = targets_of("/", &r, false).collect();
+        let only: Vec<_> = targets_of("default", "/", &r, false).collect();
         assert_eq!(only, vec![target(Some("v1"))]);
     }
 
@@ -83,10 +88,10 @@ mod tests {
     fn unversioned_registration_belongs_only_to_the_aggregate() {
         let r = reg("");
         assert_eq!(
-            targets_of("/", &r, true).collect::<Vec<_>>(),
+            targets_of("default", "/", &r, true).collect::<Vec<_>>(),
             vec![target(None)]
         );
-        assert_eq!(targets_of("/", &r, false).count(), 0);
+        assert_eq!(targets_of("default", "/", &r, false).count(), 0);
     }
 
     #[test]
@@ -102,7 +107,7 @@ mod tests {
         use crate::format::seed::reg_key;
         for r in [reg("v1"), reg("")] {
             let key = reg_key("/reg/", &r.name, &r.version, "10.0.0.1:80");
-            for t in targets_of("/reg/", &r, true) {
+            for t in targets_of("default", "/reg/", &r, true) {
                 assert!(key.starts_with(&t.key_prefix()), "{key} {t:?}");
             }
         }

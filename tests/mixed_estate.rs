@@ -76,7 +76,7 @@ fn source_hash(dir: &Path) -> String {
 }
 
 fn build_seedgo() -> Result<SeedGo, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go");
+    let src = etcd_bridge_testbed::repo::path("tests/go");
     let cache = std::env::var_os("ETCD_BRIDGE_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/etcd-bridge")))

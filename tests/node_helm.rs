@@ -19,7 +19,15 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/etcd-bridge");
+/// The chart in this checkout (found when the test runs: see `etcd_bridge_testbed::repo`).
+fn chart() -> &'static str {
+    static CHART: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHART.get_or_init(|| {
+        etcd_bridge_testbed::repo::path("charts/etcd-bridge")
+            .display()
+            .to_string()
+    })
+}
 const BINARY: &str = env!("CARGO_BIN_EXE_etcd-bridge");
 /// The chart's default `leaderElection.leaseDuration`.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -46,7 +54,7 @@ fn node() -> &'static Node {
 fn helm_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/install-helm.sh");
+        let script = etcd_bridge_testbed::repo::path("hack/install-helm.sh");
         let out = Command::new("bash")
             .arg(script)
             .stderr(std::process::Stdio::inherit())
@@ -377,7 +385,7 @@ async fn the_chart_runs_on_the_node_leads_with_its_token_imports_writes_back_and
 
     // --- install: two pods Ready through the chart's probes ---------------------------------
     let t = Instant::now();
-    helm(&[&["install", release, CHART, "-n", &ns][..], &sets].concat());
+    helm(&[&["install", release, chart(), "-n", &ns][..], &sets].concat());
     let first = ready_pods(&ns, release, 2, Duration::from_secs(120)).await;
     eprintln!("helm install -> 2 pods Ready: {:?}", t.elapsed());
 
@@ -548,7 +556,7 @@ async fn the_chart_runs_on_the_node_leads_with_its_token_imports_writes_back_and
     // --- helm upgrade rolls the pods; no written-back key is deleted meanwhile --------------
     let t = Instant::now();
     let upgraded = [&sets[..], &["--set", "logLevel=info"]].concat();
-    helm(&[&["upgrade", release, CHART, "-n", &ns][..], &upgraded].concat());
+    helm(&[&["upgrade", release, chart(), "-n", &ns][..], &upgraded].concat());
     let rolled = eventually(
         "the rollout: 2 new pods Ready, the old ones gone",
         Duration::from_secs(180),

@@ -18,7 +18,7 @@ fn images() -> &'static Images {
 
 /// What the Dockerfile's last stage says: (USER, ENTRYPOINT, CMD, EXPOSE as `port/proto`).
 fn runtime_stage() -> (String, Value, Value, BTreeSet<String>) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+    let text = std::fs::read_to_string(etcd_bridge_testbed::repo::path("Dockerfile"))
         .expect("read the Dockerfile");
     let joined = text
         .lines()

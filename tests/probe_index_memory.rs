@@ -5,7 +5,7 @@
 //!
 //! `make bench`'s prober section found 10,000 probed endpoints costing the bridge 13–21 MiB, and
 //! heaptrack put 8 MB of it in this index: a one-element `BTreeSet<Target>` per endpoint is a
-//! whole B-tree leaf (eleven 72-byte slots), plus a clone of the Target's strings.
+//! whole B-tree leaf (eleven Target-sized slots), plus a clone of the Target's strings.
 
 use etcd_bridge::probe::index::ProbeIndex;
 use etcd_bridge::projection::EndpointId;
@@ -33,6 +33,7 @@ fn ten_thousand_probed_endpoints_cost_the_index_under_300_bytes_each() {
     let targets: Vec<(Target, BTreeSet<EndpointId>)> = (0..SERVICES)
         .map(|s| {
             let target = Target {
+                source: "default".into(),
                 prefix: "/bench-probe/".into(),
                 name: format!("pr-{s:05}"),
                 version: None,

@@ -44,7 +44,7 @@ pub fn git_describe() -> String {
     std::process::Command::new("git")
         .args([
             "-C",
-            env!("CARGO_MANIFEST_DIR"),
+            &etcd_bridge_testbed::repo::root().display().to_string(),
             "describe",
             "--always",
             "--dirty",

@@ -20,7 +20,7 @@ const CRD_NAME: &str = "etcdregistrations.etcd-bridge.io";
 pub const WB_NOT_BUILT: &str = "write-back: not measured (not built yet)";
 
 pub async fn section(ctx: &mut Ctx) -> Value {
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{CRD_NAME}.yaml"));
+    let crd = etcd_bridge_testbed::repo::path(&format!("crds/{CRD_NAME}.yaml"));
     let flag = has_flag(&ctx.help, "--writeback");
     step("write-back");
     if !(crd.exists() && flag) {
@@ -43,7 +43,7 @@ pub async fn section(ctx: &mut Ctx) -> Value {
 
 /// The CRD file, when this build has write-back (the file and the `--writeback` flag).
 pub fn crd_file(ctx: &Ctx) -> Option<std::path::PathBuf> {
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{CRD_NAME}.yaml"));
+    let crd = etcd_bridge_testbed::repo::path(&format!("crds/{CRD_NAME}.yaml"));
     (crd.exists() && has_flag(&ctx.help, "--writeback")).then_some(crd)
 }
 

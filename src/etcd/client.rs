@@ -1,28 +1,29 @@
 //! One way to connect to etcd, used by `run`, `preview` and write-back alike.
 
 use super::rewind::{Fingerprint, Header};
-use crate::config::EtcdArgs;
 use crate::error::{Error, Result};
+use crate::source::spec::Connection;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use std::time::Duration;
 
 /// Connects to the endpoints in `args`, with HTTP/2 keepalive on so that a hung etcd (alive at
-/// TCP level, answering nothing) breaks the watch instead of stalling it forever.
-pub async fn connect(args: &EtcdArgs) -> Result<Client> {
+/// TCP level, answering nothing) breaks the watch instead of stalling it forever. PEM files are
+/// read at each connection, so a rotated certificate is picked up.
+pub async fn connect(args: &Connection) -> Result<Client> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(args.timeout)
         .with_keep_alive(Duration::from_secs(5), args.timeout)
         .with_keep_alive_while_idle(true);
-    if let (Some(user), Some(password)) = (&args.username, &args.password) {
-        opts = opts.with_user(user.clone(), password.clone());
+    if let Some(c) = &args.credentials {
+        opts = opts.with_user(c.username.clone(), c.password.clone());
     }
-    if args.ca_file.is_some() || args.cert_file.is_some() {
+    if args.tls() {
         let mut tls = TlsOptions::new();
-        if let Some(ca) = &args.ca_file {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some(ca) = &args.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(ca.read()?));
         }
-        if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some((cert, key)) = &args.identity {
+            tls = tls.identity(Identity::from_pem(cert.read()?, key.read()?));
         }
         opts = opts.with_tls(tls);
     }
@@ -34,20 +35,13 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client> {
 
 /// The error for a failure of the etcd client: classified once, with a probe of the endpoints
 /// when the transport's own words are too vague to name the cause.
-pub async fn explained(args: &EtcdArgs, source: etcd_client::Error) -> Error {
+pub async fn explained(args: &Connection, source: etcd_client::Error) -> Error {
     let cause = super::probe::explain(args, super::cause::classify(&source)).await;
     Error::Etcd {
         endpoints: args.endpoints.join(","),
         cause,
         source,
     }
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io {
-        context: format!("read {}", path.display()),
-        source,
-    })
 }
 
 /// Keys read per request: a whole large registry in one response would pass gRPC's 4 MiB message
@@ -65,7 +59,7 @@ pub struct Listing {
 /// Everything under `prefix` at one revision: (key, value) pairs and the revision.
 pub async fn read_prefix(
     client: &mut Client,
-    args: &EtcdArgs,
+    args: &Connection,
     prefix: &str,
 ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, i64)> {
     let listing = list_prefix(client, args, prefix).await?;
@@ -75,7 +69,7 @@ pub async fn read_prefix(
 /// Everything under `prefix` at one revision. Read in pages, all at the revision of the first
 /// one, so the result is one consistent snapshot; the first page is linearizable (etcd's
 /// default), so it reflects every write acknowledged before it.
-pub async fn list_prefix(client: &mut Client, args: &EtcdArgs, prefix: &str) -> Result<Listing> {
+pub async fn list_prefix(client: &mut Client, args: &Connection, prefix: &str) -> Result<Listing> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut header: Option<Header> = None;

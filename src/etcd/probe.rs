@@ -10,7 +10,7 @@
 //!   waiting out a backoff grown during the outage.
 
 use super::cause::{self, Cause, Probe};
-use crate::config::EtcdArgs;
+use crate::source::spec::Connection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,7 +77,7 @@ pub async fn reachable(endpoints: &[String], within: Duration) -> bool {
 
 /// The cause of a failed attempt: `cause`, unless it is vague and a probe of the endpoints
 /// finds the real one.
-pub async fn explain(args: &EtcdArgs, cause: Cause) -> Cause {
+pub async fn explain(args: &Connection, cause: Cause) -> Cause {
     if !cause.is_vague() {
         return cause;
     }
@@ -90,7 +90,7 @@ pub async fn explain(args: &EtcdArgs, cause: Cause) -> Cause {
     cause
 }
 
-async fn probe(args: &EtcdArgs, t: &Target) -> Probe {
+async fn probe(args: &Connection, t: &Target) -> Probe {
     let within = args.timeout.min(Duration::from_secs(3));
     let tcp = match timeout(within, TcpStream::connect((t.host.as_str(), t.port))).await {
         Ok(Ok(tcp)) => tcp,
@@ -126,7 +126,7 @@ async fn probe(args: &EtcdArgs, t: &Target) -> Probe {
 /// Plain HTTP/2 to an endpoint that may be TLS only. A server that answers the preface speaks
 /// plain HTTP/2; one that answers with a TLS record or an HTTP/1 "400" speaks TLS; one that just
 /// closes is asked for a TLS handshake: any certificate or alert back proves it speaks TLS.
-async fn plain(args: &EtcdArgs, t: &Target, mut tcp: TcpStream, within: Duration) -> Probe {
+async fn plain(args: &Connection, t: &Target, mut tcp: TcpStream, within: Duration) -> Probe {
     let _ = tcp.write_all(H2_PREFACE).await;
     let mut buf = [0u8; 64];
     if let Ok(Ok(n)) = timeout(within, tcp.read(&mut buf)).await
@@ -164,12 +164,12 @@ fn failed(e: &std::io::Error) -> Probe {
     }
 }
 
-/// The same trust and identity as the gRPC client: --etcd-ca-file only (no system roots), and
+/// The same trust and identity as the gRPC client: the source's CA only (no system roots), and
 /// the client certificate if given. `None` if the files cannot be read (the client reports that).
-fn tls_config(args: &EtcdArgs) -> Option<ClientConfig> {
+fn tls_config(args: &Connection) -> Option<ClientConfig> {
     let mut roots = RootCertStore::empty();
-    if let Some(ca) = &args.ca_file {
-        for cert in CertificateDer::pem_file_iter(ca).ok()? {
+    if let Some(ca) = &args.ca {
+        for cert in CertificateDer::pem_slice_iter(&ca.read().ok()?) {
             roots.add(cert.ok()?).ok()?;
         }
     }
@@ -178,13 +178,12 @@ fn tls_config(args: &EtcdArgs) -> Option<ClientConfig> {
             .with_safe_default_protocol_versions()
             .ok()?
             .with_root_certificates(roots);
-    let mut config = match (&args.cert_file, &args.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .ok()?
+    let mut config = match &args.identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&cert.read().ok()?)
                 .collect::<Result<Vec<_>, _>>()
                 .ok()?;
-            let key = PrivateKeyDer::from_pem_file(key).ok()?;
+            let key = PrivateKeyDer::from_pem_slice(&key.read().ok()?).ok()?;
             builder.with_client_auth_cert(chain, key).ok()?
         }
         _ => builder.with_no_client_auth(),
@@ -205,12 +204,12 @@ mod tests {
         })
     }
 
-    fn args(endpoint: &str) -> EtcdArgs {
+    fn args(endpoint: &str) -> Connection {
         use crate::config::{Cli, Command};
         use clap::Parser;
         let cli = Cli::parse_from(["etcd-bridge", "run", "--etcd-endpoints", endpoint]);
         match cli.command {
-            Command::Run(r) => r.etcd.clone(),
+            Command::Run(r) => r.etcd.connection(),
             _ => unreachable!(),
         }
     }

@@ -14,9 +14,9 @@
 use super::cause::Cause;
 use super::rewind::{self, AtRevision, Fingerprint, Header, Source};
 use crate::backoff::Backoff;
-use crate::config::EtcdArgs;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::source::spec::Connection;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,22 +29,41 @@ pub enum KvEvent {
     Delete { key: Vec<u8> },
 }
 
+/// What the import reconciler takes in: from a watcher, about its source's keys; from the
+/// source supervisor, about the sources themselves.
 #[derive(Debug)]
 pub enum Update {
     /// Everything under `prefix`, at one revision.
     Listed {
+        source: String,
         prefix: String,
         kvs: Vec<(Vec<u8>, Vec<u8>)>,
         revision: i64,
     },
     /// Changes in revision order, with the time they were received (for the sync-latency metric).
     Events {
+        source: String,
+        /// The revision of the last event.
+        revision: i64,
         events: Vec<KvEvent>,
         received: Instant,
     },
     /// The watch of `prefix` is established (true) or broken (false). Also false, while
     /// connected, just before a relist caused by a rewound etcd: not ready until `Listed`.
-    Connected { prefix: String, up: bool },
+    Connected {
+        source: String,
+        prefix: String,
+        up: bool,
+        /// Why it broke.
+        error: Option<String>,
+    },
+    /// A source to import from, new or changed (a changed one starts empty: its watchers list
+    /// it again). Sent before its watchers start.
+    Source(Box<crate::source::SourceConfig>),
+    /// A source gone: its Services go. Sent after its watchers stopped.
+    SourceGone(String),
+    /// Every EtcdSource object has been seen once: a source not known now is gone.
+    SourcesListed,
 }
 
 /// How often an unreachable etcd is probed (a TCP connect) while the watcher waits to retry.
@@ -53,7 +72,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Watches `prefix` until `shutdown`, sending updates to `tx`. Never returns an error: every
 /// failure is logged, counted and retried with backoff.
 pub async fn watch_prefix(
-    args: EtcdArgs,
+    args: Connection,
+    source: String,
     prefix: String,
     tx: mpsc::Sender<Update>,
     metrics: Arc<Metrics>,
@@ -61,6 +81,7 @@ pub async fn watch_prefix(
 ) {
     let mut w = Watcher {
         args,
+        source,
         prefix,
         tx,
         metrics,
@@ -97,10 +118,12 @@ pub async fn watch_prefix(
             Next::Retry { early } => early,
         };
         w.metrics.watch_restarts.inc();
-        w.metrics.etcd_connected.set(0);
+        w.set_connected_metric(0);
         w.send(Update::Connected {
+            source: w.source.clone(),
             prefix: w.prefix.clone(),
             up: false,
+            error: Some(err.to_string()),
         })
         .await;
         let wait = w.backoff.next_delay();
@@ -145,8 +168,19 @@ enum Ended {
     Closed,
 }
 
+impl Watcher {
+    /// `etcd_bridge_etcd_connected` is the flags' registry's, as `/readyz` is; another source's
+    /// connection is in its EtcdSource status.
+    fn set_connected_metric(&self, v: i64) {
+        if self.source == crate::source::spec::DEFAULT_SOURCE {
+            self.metrics.etcd_connected.set(v);
+        }
+    }
+}
+
 struct Watcher {
-    args: EtcdArgs,
+    args: Connection,
+    source: String,
     prefix: String,
     tx: mpsc::Sender<Update>,
     metrics: Arc<Metrics>,
@@ -175,6 +209,7 @@ impl Watcher {
                 self.seen = Some(listing.header);
                 self.fingerprint = listing.fingerprint;
                 let listed = Update::Listed {
+                    source: self.source.clone(),
                     prefix: self.prefix.clone(),
                     kvs: listing.kvs,
                     revision: rev,
@@ -194,13 +229,15 @@ impl Watcher {
         let watched = client.watch(self.prefix.as_bytes(), Some(opts)).await;
         let mut stream = self.etcd(watched).await?;
         let up = Update::Connected {
+            source: self.source.clone(),
             prefix: self.prefix.clone(),
             up: true,
+            error: None,
         };
         if !self.send(up).await {
             return Ok(Ended::Closed);
         }
-        self.metrics.etcd_connected.set(1);
+        self.set_connected_metric(1);
         self.backoff.reset();
         loop {
             let message = stream.message().await;
@@ -260,8 +297,17 @@ impl Watcher {
                 self.revision = Some(self.revision.map_or(r, |cur| cur.max(r)));
                 rewind::seen_revision(&mut self.seen, r);
             }
-            if !events.is_empty() && !self.send(Update::Events { events, received }).await {
-                return Ok(Ended::Closed);
+            if !events.is_empty() {
+                let source = self.source.clone();
+                let update = Update::Events {
+                    source,
+                    revision: self.revision.unwrap_or_default(),
+                    events,
+                    received,
+                };
+                if !self.send(update).await {
+                    return Ok(Ended::Closed);
+                }
             }
         }
         let ended = format!("the watch stream of {} ended", self.prefix);
@@ -312,8 +358,10 @@ impl Watcher {
         self.seen = None;
         self.fingerprint = Fingerprint::default();
         self.send(Update::Connected {
+            source: self.source.clone(),
             prefix: self.prefix.clone(),
             up: false,
+            error: Some(format!("etcd went back in time ({why}); listing again")),
         })
         .await;
     }

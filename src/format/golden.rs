@@ -26,7 +26,7 @@ fn prefix_for(format: Format, key: &str) -> String {
 }
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats")
+    etcd_bridge_testbed::repo::root().join("tests/fixtures/formats")
 }
 
 fn fixtures(file: &str) -> Vec<Fixture> {

@@ -2,7 +2,9 @@
 //! - [`plan`]: what one Service needs, from what the registry wants and what the cluster has;
 //! - [`guard`]: which removals the mass-deletion guard holds;
 //! - [`panic_guard`]: which failed health checks a Service shows, or none when too many fail;
-//! - [`schedule`]: when to flush (coalescing, retries, readiness).
+//! - [`schedule`]: when to flush (coalescing, retries, readiness);
+//! - [`registries`]: every source's snapshot, side by side;
+//! - [`sources`]: how a flush treats each source's Services (hold, import, expire).
 //!
 //! [`reconciler`] only carries them out; `preview` shows the same decisions.
 
@@ -10,6 +12,8 @@ pub mod guard;
 pub mod panic_guard;
 pub mod plan;
 pub mod reconciler;
+pub mod registries;
 pub mod schedule;
+pub mod sources;
 
 pub use reconciler::{Reconciler, Tuning, run};

@@ -8,6 +8,7 @@ use crate::k8s::view::is_owned;
 use crate::labels;
 use crate::projection::{self, Groups, ProjectionConfig, Unhealthy};
 use crate::slicing::{self, SlicePlan};
+use crate::source::spec::DEFAULT_SOURCE;
 use crate::target::Target;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -119,6 +120,7 @@ pub fn decide(
 /// endpoints go does not depend on their health: a change of health rewrites only the slice that
 /// holds the endpoint.
 pub fn slice_changes(
+    source: &str,
     service: &str,
     groups: &Groups,
     unhealthy: &Unhealthy,
@@ -130,7 +132,8 @@ pub fn slice_changes(
     let desired = slicing::plan(service, groups, &existing, cfg.max_endpoints_per_slice)
         .iter()
         .map(|p| {
-            let mut s = projection::slice(service, &p.name, &p.group, &p.addrs, unhealthy, cfg);
+            let mut s =
+                projection::slice(source, service, &p.name, &p.group, &p.addrs, unhealthy, cfg);
             s.metadata.owner_references = owner.map(|o| vec![o.clone()]);
             s
         })
@@ -160,7 +163,10 @@ pub fn target_of(svc: &Service) -> Option<Target> {
         "version" => Some(a.get(labels::ANNOTATION_VERSION)?.clone()),
         _ => return None,
     };
+    // Objects written before sources existed carry no source label: they are the flags' source.
+    let source = svc.metadata.labels.as_ref()?.get(labels::SOURCE);
     Some(Target {
+        source: source.map_or(DEFAULT_SOURCE, String::as_str).to_owned(),
         prefix: a.get(labels::ANNOTATION_PREFIX)?.clone(),
         name: a.get(labels::ANNOTATION_NAME)?.clone(),
         version,
@@ -188,6 +194,7 @@ mod tests {
 
     fn target() -> Target {
         Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: "greeter".into(),
             version: Some("v1".into()),
@@ -251,6 +258,7 @@ mod tests {
         assert_eq!(svc.metadata.name.as_deref(), Some("greeter-v1"));
         let owner = owner_reference(&stored(svc));
         let changes = slice_changes(
+            "default",
             "greeter-v1",
             &w.groups,
             &none(),
@@ -284,14 +292,21 @@ mod tests {
             &c,
         )));
         let owner = owner_reference(&svc);
-        let slices: Vec<EndpointSlice> =
-            slice_changes("greeter-v1", &w.groups, &none(), &[], Some(&owner), &c)
-                .into_iter()
-                .map(|ch| match ch {
-                    SliceChange::Apply(s) => s,
-                    SliceChange::Delete(n) => panic!("nothing to delete yet: {n}"),
-                })
-                .collect();
+        let slices: Vec<EndpointSlice> = slice_changes(
+            "default",
+            "greeter-v1",
+            &w.groups,
+            &none(),
+            &[],
+            Some(&owner),
+            &c,
+        )
+        .into_iter()
+        .map(|ch| match ch {
+            SliceChange::Apply(s) => s,
+            SliceChange::Delete(n) => panic!("nothing to delete yet: {n}"),
+        })
+        .collect();
         let d = decide(
             "greeter-v1",
             Some(&w),
@@ -309,7 +324,16 @@ mod tests {
             }
         ));
         assert!(
-            slice_changes("greeter-v1", &w.groups, &none(), &slices, Some(&owner), &c).is_empty()
+            slice_changes(
+                "default",
+                "greeter-v1",
+                &w.groups,
+                &none(),
+                &slices,
+                Some(&owner),
+                &c
+            )
+            .is_empty()
         );
     }
 
@@ -438,10 +462,18 @@ mod tests {
         // Five endpoints, two per slice: three slices.
         let c = cfg(true);
         let w = wanted(&[1, 2, 3, 4, 5], 1);
-        let first = applied_slices(slice_changes("s", &w.groups, &none(), &[], None, &c));
+        let first = applied_slices(slice_changes(
+            "default",
+            "s",
+            &w.groups,
+            &none(),
+            &[],
+            None,
+            &c,
+        ));
         assert_eq!(first.len(), 3);
         let sick: Unhealthy = [("10.0.0.3".parse().unwrap(), 50051)].into();
-        let changes = slice_changes("s", &w.groups, &sick, &first, None, &c);
+        let changes = slice_changes("default", "s", &w.groups, &sick, &first, None, &c);
         let [SliceChange::Apply(rewritten)] = changes.as_slice() else {
             panic!("one slice rewritten: {changes:?}")
         };
@@ -473,9 +505,9 @@ mod tests {
                 *s = rewritten.clone();
             }
         }
-        assert!(slice_changes("s", &w.groups, &sick, &now, None, &c).is_empty());
+        assert!(slice_changes("default", "s", &w.groups, &sick, &now, None, &c).is_empty());
         // Recovery rewrites the same slice back.
-        let back = slice_changes("s", &w.groups, &none(), &now, None, &c);
+        let back = slice_changes("default", "s", &w.groups, &none(), &now, None, &c);
         assert_eq!(back.len(), 1);
     }
 
@@ -503,6 +535,7 @@ mod tests {
         for t in [
             target(),
             Target {
+                source: "default".into(),
                 version: None,
                 ..target()
             },

@@ -5,23 +5,23 @@
 //! Writes are coalesced: a flush handles each Service once, however many of its registrations
 //! changed, and an unchanged Service costs no write.
 
-use crate::config::EtcdArgs;
 use crate::diff::SliceChange;
 use crate::error::Result;
-use crate::etcd::{KvEvent, Update};
+use crate::etcd::Update;
 use crate::http::Health;
 use crate::import::guard::{self, Limits};
 use crate::import::panic_guard::Panic;
 use crate::import::plan::{self, Decision, ServiceStep, Wanted};
+use crate::import::registries::Registries;
 use crate::import::schedule::{self, Schedule};
 use crate::k8s::{ObjectEvent, Writer};
-use crate::metrics::{KindLabels, Metrics, ReasonLabels, StateLabels};
+use crate::metrics::{KindLabels, Metrics};
 use crate::naming;
 use crate::probe::link::PanicChange;
 use crate::probe::{Link, Verdict};
 use crate::projection::{self, ProjectionConfig};
 use crate::slicing::{self, SlicePlan};
-use crate::snapshot::{Change, Snapshot};
+use crate::source::SourceConfig;
 use crate::target::Target;
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,6 +32,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+mod intake;
+mod reread;
+mod sources;
 
 /// How many Services are synced at once; each one's own writes stay in order.
 const CONCURRENCY: usize = 16;
@@ -58,7 +62,7 @@ pub struct Tuning {
 }
 
 pub struct Reconciler {
-    snapshot: Snapshot,
+    registries: Registries,
     cfg: ProjectionConfig,
     names: BTreeMap<Target, String>,
     by_name: HashMap<String, Target>,
@@ -72,8 +76,19 @@ pub struct Reconciler {
     /// When the oldest unflushed etcd event arrived, for the sync-latency metric.
     oldest_event: Option<Instant>,
     schedule: Schedule,
-    listed: BTreeSet<String>,
-    etcd_up: BTreeMap<String, bool>,
+    /// (source, prefix) pairs listed, and whether their watch is up.
+    listed: BTreeSet<(String, String)>,
+    etcd_up: BTreeMap<(String, String), bool>,
+    /// Since when each unreachable source has been down; those past their staleAfter.
+    down_since: BTreeMap<String, Instant>,
+    expired: BTreeSet<String>,
+    /// The EtcdSource objects are listed (always true without them): an unknown source is gone.
+    sources_known: bool,
+    /// Per source: the last revision read and the last error, for its status.
+    revisions: BTreeMap<String, i64>,
+    errors: BTreeMap<String, String>,
+    reports: Option<watch::Sender<crate::source::status::Reports>>,
+    reports_dirty: bool,
     cluster_ready: bool,
     leader: bool,
     /// The first complete sync as leader is done: deletions are allowed from then on, and
@@ -85,7 +100,9 @@ pub struct Reconciler {
     confirm_at: Option<Instant>,
     /// A confirming read agreed with the cache: the next flush may remove what was held.
     deletions_confirmed: bool,
-    etcd: EtcdArgs,
+    /// A confirming read, or a drift repair, is asked for (a read in flight serves the first).
+    confirming: bool,
+    resync_wanted: bool,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Services already reported for a weight clamped in Cilium's annotation.
@@ -95,9 +112,10 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// `sources`: those known at start (the flags' own); more come as [`Update::Source`].
     /// `skip_own`: the bridge instance whose written-back keys are not imported (no loop).
     pub fn new(
-        etcd: EtcdArgs,
+        sources: Vec<SourceConfig>,
         aggregate: bool,
         skip_own: Option<&str>,
         cfg: ProjectionConfig,
@@ -105,12 +123,12 @@ impl Reconciler {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
-        let snapshot = Snapshot::new(etcd.prefixes.clone(), aggregate);
+        let mut registries = Registries::new(aggregate, skip_own);
+        for s in sources {
+            registries.set(s);
+        }
         Reconciler {
-            snapshot: match skip_own {
-                Some(instance) => snapshot.skip_own(instance),
-                None => snapshot,
-            },
+            registries,
             cfg,
             names: BTreeMap::new(),
             by_name: HashMap::new(),
@@ -122,6 +140,13 @@ impl Reconciler {
             schedule: Schedule::new(tuning.coalesce, tuning.coalesce_max),
             listed: BTreeSet::new(),
             etcd_up: BTreeMap::new(),
+            down_since: BTreeMap::new(),
+            expired: BTreeSet::new(),
+            sources_known: true,
+            revisions: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            reports: None,
+            reports_dirty: false,
             cluster_ready: false,
             leader: false,
             synced: false,
@@ -129,12 +154,20 @@ impl Reconciler {
             held: BTreeSet::new(),
             confirm_at: None,
             deletions_confirmed: false,
-            etcd,
+            confirming: false,
+            resync_wanted: false,
             metrics,
             health,
             clamped: Default::default(),
             probes: None,
         }
+    }
+
+    /// Sources also come from EtcdSource objects: until [`Update::SourcesListed`], Services of
+    /// a source not known yet are kept as they are.
+    pub fn with_source_objects(mut self) -> Self {
+        self.sources_known = false;
+        self
     }
 
     /// Endpoints' health, from a prober at the other end of `link`, shapes their conditions.
@@ -161,7 +194,7 @@ impl Reconciler {
         let Some(link) = self.probes.as_mut() else {
             return;
         };
-        let snapshot = &self.snapshot;
+        let snapshot = &self.registries;
         let all = initial.then(|| snapshot.targets()).into_iter().flatten();
         let changed = (self.dirty_targets.iter().chain(all))
             .map(|t| (t, projection::group(snapshot.registrations(t))));
@@ -203,81 +236,6 @@ impl Reconciler {
         }
     }
 
-    fn all_listed(&self) -> bool {
-        self.snapshot.prefixes().all(|p| self.listed.contains(p))
-    }
-
-    /// Takes in one update from an etcd watcher.
-    pub fn on_update(&mut self, update: Update) {
-        let change = match update {
-            Update::Listed { prefix, kvs, .. } => {
-                self.listed.insert(prefix.clone());
-                self.etcd_up.insert(prefix.clone(), true);
-                self.health.set_etcd(self.etcd_up.values().all(|u| *u));
-                self.snapshot
-                    .reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])))
-            }
-            Update::Events { events, received } => {
-                if self.synced {
-                    self.oldest_event.get_or_insert(received);
-                }
-                let mut change = Change::default();
-                for ev in events {
-                    let c = match ev {
-                        KvEvent::Put { key, value } => self.snapshot.put(&key, &value),
-                        KvEvent::Delete { key } => self.snapshot.delete(&key),
-                    };
-                    change.targets.extend(c.targets);
-                    change.newly_skipped.extend(c.newly_skipped);
-                }
-                change
-            }
-            Update::Connected { prefix, up } => {
-                self.etcd_up.insert(prefix, up);
-                self.health.set_etcd(self.etcd_up.values().all(|u| *u));
-                return;
-            }
-        };
-        self.note_change(change);
-    }
-
-    fn note_change(&mut self, change: Change) {
-        for (key, reason) in &change.newly_skipped {
-            if *reason == crate::format::SkipReason::OwnRegistration {
-                // Expected, not a fault: no warning.
-                tracing::debug!(key = %key.escape_debug(), "not importing a written-back registration");
-            } else {
-                tracing::warn!(key = %key.escape_debug(), reason = reason.label(), "skipping registration: {reason}");
-            }
-            self.metrics
-                .skipped
-                .get_or_create(&ReasonLabels {
-                    reason: reason.label(),
-                })
-                .inc();
-        }
-        let (valid, skipped) = self.snapshot.counts();
-        self.metrics
-            .registrations
-            .get_or_create(&StateLabels { state: "projected" })
-            .set(valid as i64);
-        self.metrics
-            .registrations
-            .get_or_create(&StateLabels { state: "skipped" })
-            .set(skipped as i64);
-        if change
-            .targets
-            .iter()
-            .any(|t| self.snapshot.has_target(t) != self.names.contains_key(t))
-        {
-            self.targets_changed = true;
-        }
-        if !change.targets.is_empty() {
-            self.schedule.changed(Instant::now());
-        }
-        self.dirty_targets.extend(change.targets);
-    }
-
     /// Takes in a change seen in the cluster.
     pub fn on_object_event(&mut self, event: ObjectEvent) {
         match event {
@@ -308,7 +266,7 @@ impl Reconciler {
 
     /// Whether the cache is complete and the cluster view is listed.
     fn can_sync(&self) -> bool {
-        self.all_listed() && self.cluster_ready
+        self.settled() && self.cluster_ready
     }
 
     /// When the next flush is due, if one is.
@@ -346,7 +304,9 @@ impl Reconciler {
                 None => in_use.remove(&name),
             };
         }
-        let (names, collisions) = naming::assign(self.snapshot.targets(), &in_use);
+        let prefixes = self.registries.name_prefixes();
+        let (names, collisions) =
+            naming::assign_prefixed(self.registries.targets(), &in_use, &prefixes);
         let new: Vec<naming::Collision> = collisions
             .into_iter()
             .filter(|c| self.collisions.insert(c.name.clone()))
@@ -406,7 +366,11 @@ impl Reconciler {
             }
         }
         let mut names = std::mem::take(&mut self.dirty_names);
-        let hold = self.guard_removals(writer, &mut names);
+        // Each source on its own: removals held while its source is not listed; a stale
+        // source's removal is no mass deletion to hold.
+        let (by_source, expiring) = self.by_treatment(writer, &names);
+        let mut hold = self.guard_removals(writer, &mut names, &expiring);
+        hold.extend(by_source);
         let oldest = self.oldest_event.take();
         self.schedule.flushing();
         let this = &*self;
@@ -475,7 +439,10 @@ impl Reconciler {
     /// What the registry wants for the Service `name`, if it has any endpoint.
     fn wanted(&self, name: &str) -> Option<Wanted> {
         let target = self.by_name.get(name)?;
-        let groups = projection::group(self.snapshot.registrations(target));
+        if self.expired.contains(&target.source) {
+            return None;
+        }
+        let groups = projection::group(self.registries.registrations(target));
         if groups.is_empty() {
             return None;
         }
@@ -501,6 +468,7 @@ impl Reconciler {
         &mut self,
         writer: &Writer,
         names: &mut BTreeSet<String>,
+        exempt: &BTreeSet<String>,
     ) -> BTreeSet<String> {
         if self.deletions_confirmed {
             self.deletions_confirmed = false;
@@ -519,7 +487,7 @@ impl Reconciler {
                 );
                 (n.clone(), r)
             })
-            .filter(|(_, r)| *r > 0)
+            .filter(|(n, r)| *r > 0 && !exempt.contains(n))
             .collect();
         let removed: usize = losing.iter().map(|(_, r)| r).sum();
         let limits = Limits {
@@ -545,56 +513,6 @@ impl Reconciler {
             );
         }
         self.held.clone()
-    }
-
-    /// Reads every prefix again (linearizable) and brings the cache to it: missed events are
-    /// recovered, and deletions held by the guard are confirmed if the keys are really gone.
-    async fn reread(&mut self) -> Result<()> {
-        let mut client = crate::etcd::connect(&self.etcd).await?;
-        let mut lists = Vec::new();
-        let prefixes: Vec<String> = self.snapshot.prefixes().map(str::to_owned).collect();
-        for prefix in prefixes {
-            let (kvs, _) = crate::etcd::read_prefix(&mut client, &self.etcd, &prefix).await?;
-            lists.push((prefix, kvs));
-        }
-        for (prefix, kvs) in lists {
-            let change = self
-                .snapshot
-                .reset_prefix(&prefix, kvs.iter().map(|(k, v)| (&k[..], &v[..])));
-            if !change.targets.is_empty() {
-                tracing::warn!(%prefix, targets = change.targets.len(), "the consistent read found changes the watch had missed");
-                self.note_change(change);
-            }
-        }
-        Ok(())
-    }
-
-    /// Called when `confirm_at` passes.
-    pub async fn confirm_deletions(&mut self) {
-        match self.reread().await {
-            Ok(()) => {
-                tracing::warn!(
-                    services = self.held.len(),
-                    "mass-deletion guard: etcd confirms the deletions; applying them"
-                );
-                self.confirm_at = None;
-                self.deletions_confirmed = true;
-                self.dirty_names.extend(self.held.iter().cloned());
-                self.schedule.changed(Instant::now());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mass-deletion guard: cannot read etcd to confirm; still holding");
-                self.confirm_at = Some(Instant::now() + self.tuning.delete_confirm_delay);
-            }
-        }
-    }
-
-    /// Drift repair: reread etcd, then check every Service against the cluster.
-    pub async fn resync(&mut self) {
-        if let Err(e) = self.reread().await {
-            tracing::warn!(error = %e, "drift repair: cannot read etcd; checking the cluster against the cache");
-        }
-        self.synced = false;
     }
 
     /// Logs and counts, once per Service, a weight above what Cilium's annotation takes.
@@ -689,7 +607,10 @@ impl Reconciler {
                 self.note_clamped(name, &groups);
                 self.note_panic(writer, &svc, health.panic).await;
                 let owner = plan::owner_reference(&svc);
+                // Converge comes only from a wanted Service.
+                let source = wanted.as_ref().map_or("", |w| w.target.source.as_str());
                 for change in plan::slice_changes(
+                    source,
                     name,
                     &groups,
                     &health.unhealthy,
@@ -724,6 +645,8 @@ pub async fn run(
 ) {
     reconciler.set_leader(*leader.borrow_and_update());
     let mut verdicts = reconciler.probes.as_mut().and_then(Link::take_verdicts);
+    // The read of every source in flight, if any (it runs off the loop).
+    let mut reread = None;
     let mut resync_tick = tokio::time::interval(reconciler.tuning.resync);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut api_probe = tokio::time::interval(API_PROBE);
@@ -741,7 +664,9 @@ pub async fn run(
             }
             continue;
         }
-        let confirm = reconciler.confirm_at.filter(|_| reconciler.leader);
+        let confirm =
+            (reconciler.confirm_at).filter(|_| reconciler.leader && !reconciler.confirming);
+        let stale = reconciler.next_stale();
         let failing = reconciler.schedule.failing();
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -751,6 +676,7 @@ pub async fn run(
                 while let Ok(u) = etcd_rx.try_recv() {
                     reconciler.on_update(u);
                 }
+                reconciler.publish_reports(false);
             }
             Some(e) = cluster_rx.recv() => reconciler.on_object_event(e),
             Some(v) = crate::probe::link::next_verdict(&mut verdicts) => {
@@ -764,25 +690,22 @@ pub async fn run(
                 tracing::info!(leader = is, "leadership changed");
                 reconciler.set_leader(is);
             }
-            _ = housekeeping.tick() => reconciler.housekeeping(&writer),
+            _ = housekeeping.tick() => {
+                reconciler.housekeeping(&writer);
+                reconciler.publish_reports(true);
+            }
             // While syncs fail, ask the apiserver often and cheaply whether it is back.
             _ = api_probe.tick(), if failing => {
                 if writer.api_answers().await && reconciler.schedule.api_answered(Instant::now()) {
                     tracing::info!("the apiserver answers again; retrying now");
                 }
             }
-            _ = resync_tick.tick() => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = reconciler.resync() => {}
-                }
+            _ = resync_tick.tick() => reconciler.want_reread(&mut reread, false),
+            Some(results) = reread::Reread::done(&mut reread) => {
+                reconciler.finish_reread(&mut reread, results);
             }
-            _ = sleep_until(confirm), if confirm.is_some() => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = reconciler.confirm_deletions() => {}
-                }
-            }
+            _ = sleep_until(stale), if stale.is_some() => reconciler.check_stale(),
+            _ = sleep_until(confirm), if confirm.is_some() => reconciler.want_reread(&mut reread, true),
             _ = sleep_until(due), if due.is_some() => {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

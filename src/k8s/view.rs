@@ -314,9 +314,18 @@ impl ClusterView {
 
     pub(crate) fn record_slice(&self, name: &str, obj: Option<EndpointSlice>, deleted_rv: u64) {
         match obj {
-            Some(s) => self
-                .written_slices
-                .record(name, rv_of(&s), Some(Arc::new(s))),
+            Some(s) => {
+                // Indexed now: its watch event may come after the next look at its Service.
+                if let Some(svc) = s.labels().get(labels::SERVICE_NAME) {
+                    let mut index = self.index.lock().expect("slice index lock");
+                    index
+                        .entry(svc.clone())
+                        .or_default()
+                        .insert(name.to_owned());
+                }
+                self.written_slices
+                    .record(name, rv_of(&s), Some(Arc::new(s)))
+            }
             None => self.written_slices.record(name, deleted_rv, None),
         }
     }
@@ -369,6 +378,44 @@ mod tests {
             },
             ..Default::default()
         })
+    }
+
+    /// A view with empty stores, as before any watch event.
+    fn empty_view() -> ClusterView {
+        let (services, _) = reflector::store();
+        let (slices, _) = reflector::store();
+        ClusterView {
+            namespace: "ns".into(),
+            instance: "i".into(),
+            services,
+            slices,
+            written_services: Overlay::default(),
+            written_slices: Overlay::default(),
+            index: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    #[test]
+    fn a_slice_we_wrote_is_found_before_its_watch_event() {
+        // A Service checked again between our slice write and the slice's watch event (its own
+        // watch event often comes first) must see the slice, or it is written twice.
+        let view = empty_view();
+        let slice = EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some("greeter-abc-0".into()),
+                resource_version: Some("9".into()),
+                labels: Some([(labels::SERVICE_NAME.to_owned(), "greeter".to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        view.record_slice("greeter-abc-0", Some(slice), 0);
+        let found: Vec<String> = view
+            .slices_of("greeter")
+            .iter()
+            .map(|s| s.name_any())
+            .collect();
+        assert_eq!(found, ["greeter-abc-0"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Sized for 10,000 endpoints and more: an endpoint is in one or two Services (a version and its
 //! aggregate), so each holds a small sorted `Vec` of one shared copy of each Target. A
-//! `BTreeSet<Target>` of one element is a whole B-tree leaf (eleven 72-byte slots), and a clone
+//! `BTreeSet<Target>` of one element is a whole B-tree leaf (eleven 96-byte slots), and a clone
 //! of the Target per endpoint repeated its strings: about 1 KB per endpoint, 10 MB at 10,000
 //! (tests/probe_index_memory.rs).
 
@@ -106,6 +106,7 @@ mod tests {
 
     fn target(name: &str) -> Target {
         Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: name.into(),
             version: None,

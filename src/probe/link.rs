@@ -205,6 +205,7 @@ mod tests {
 
     fn target(name: &str) -> Target {
         Target {
+            source: "default".into(),
             prefix: "/".into(),
             name: name.into(),
             version: None,

@@ -56,11 +56,12 @@ mod tests {
                 port: 7000,
                 weight,
             };
-            let s = projection::slice("s", "s-0", &g, &ips, &sick, &cfg);
+            let s = projection::slice("default", "s", "s-0", &g, &ips, &sick, &cfg);
             // A draining endpoint is not ready, but serves: only the failed one is read back.
             assert_eq!(not_serving(&s), [(ips[1], 7000)], "weight {weight}");
         }
         let mut unset = projection::slice(
+            "default",
             "s",
             "s-0",
             &GroupKey {

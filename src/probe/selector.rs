@@ -75,6 +75,7 @@ mod tests {
 
     fn target(prefix: &str, name: &str) -> Target {
         Target {
+            source: "default".into(),
             prefix: prefix.into(),
             name: name.into(),
             version: None,

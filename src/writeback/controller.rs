@@ -12,6 +12,7 @@
 use crate::config::{EtcdArgs, WritebackArgs};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::source::spec::Connection;
 use crate::writeback::crd::EtcdRegistration;
 use crate::writeback::desired::{self, DesiredKey};
 use crate::writeback::freed;
@@ -73,7 +74,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let policy = Policy::parse(&args.policy)?;
-    let etcd = connect_until_up(&etcd_args, &shutdown).await?;
+    let etcd = connect_until_up(&etcd_args.connection(), &shutdown).await?;
     let (leases, lost) = Leases::new(
         etcd.clone(),
         args.lease_ttl,
@@ -161,7 +162,7 @@ pub async fn run(
 }
 
 async fn connect_until_up(
-    args: &EtcdArgs,
+    args: &Connection,
     shutdown: &CancellationToken,
 ) -> Result<etcd_client::Client> {
     let mut backoff =

@@ -76,7 +76,7 @@ impl Registrars {
 pub fn build_registrars() -> &'static Registrars {
     static BINS: OnceLock<Result<Registrars, String>> = OnceLock::new();
     match BINS.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/go/frameworks");
+        let src = crate::repo::path("tests/go/frameworks");
         build(&src, &cache_root()?.join("frameworks"))
     }) {
         Ok(bins) => bins,

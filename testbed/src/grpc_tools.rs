@@ -14,7 +14,7 @@ use crate::go::{cache_root, source_hash};
 use crate::node::Node;
 use crate::node_images::Image;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,8 +34,7 @@ pub struct GrpcTools {
 
 /// Builds the static programs (seconds when cached) and the image.
 pub fn build() -> Result<GrpcTools, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/go")
+    let src = crate::repo::path("tests/go")
         .canonicalize()
         .map_err(|e| format!("tests/go: {e}"))?;
     let out = cache_root()?.join("grpc-tools").join(source_hash(&src)?);
@@ -75,7 +74,7 @@ pub fn build() -> Result<GrpcTools, String> {
             out.display()
         );
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/image.sh");
+    let script = crate::repo::path("hack/image.sh");
     let layer = format!("grpc-tools={},{}", client.display(), server.display());
     let made = Command::new("bash")
         .arg(&script)

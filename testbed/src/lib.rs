@@ -24,6 +24,7 @@ pub mod node_network;
 pub mod outside;
 pub mod pki;
 pub mod process;
+pub mod repo;
 pub mod seed;
 
 pub use control_plane::{ControlPlane, client_from};
@@ -44,7 +45,7 @@ pub fn kube_bins() -> Result<PathBuf, String> {
         if let Ok(dir) = std::env::var("KUBE_BIN_DIR") {
             return Ok(PathBuf::from(dir));
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kube/build.sh");
+        let script = repo::path("testbed/kube/build.sh");
         let out = Command::new("bash")
             .arg(&script)
             .stderr(std::process::Stdio::inherit())

@@ -197,7 +197,7 @@ pub fn healthserver() -> Result<&'static Path, String> {
 }
 
 fn build_healthserver() -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/go");
+    let src = crate::repo::path("tests/go");
     let mut h = std::hash::DefaultHasher::new();
     for f in ["cmd/healthserver/main.go", "go.mod", "go.sum"] {
         std::fs::read(src.join(f))

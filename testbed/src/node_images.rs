@@ -71,7 +71,7 @@ impl Images {
 
 /// Runs `hack/image.sh --binary BINARY` (seconds when nothing changed) and returns its images.
 pub fn build(binary: &Path) -> Result<Images, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/image.sh");
+    let script = crate::repo::path("hack/image.sh");
     let out = Command::new("bash")
         .arg(&script)
         .arg("--binary")

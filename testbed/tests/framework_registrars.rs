@@ -108,9 +108,8 @@ fn etcdctl_get(endpoint: &str, key: &str) -> String {
 
 /// The captured value of `key` in `tests/fixtures/formats/{format}.json`.
 fn fixture_value(format: &str, key: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/formats")
-        .join(format!("{format}.json"));
+    let path =
+        etcd_bridge_testbed::repo::path("tests/fixtures/formats").join(format!("{format}.json"));
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let entries: Vec<serde_json::Value> = serde_json::from_str(&text).expect("fixture JSON");

@@ -181,8 +181,7 @@ impl Scope {
 
 /// Applies the generated CRD from `crds/` and waits until it is served.
 pub fn install_crd(bed: &TestBed) {
-    let crd =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/etcdregistrations.etcd-bridge.io.yaml");
+    let crd = etcd_bridge_testbed::repo::path("crds/etcdregistrations.etcd-bridge.io.yaml");
     let yaml = std::fs::read_to_string(&crd).expect("read the generated CRD");
     bed.cluster
         .install_crd(&yaml, "etcdregistrations.etcd-bridge.io")

@@ -46,7 +46,7 @@ async fn helm_install_upgrade_and_uninstall_with_the_bridge_working_under_the_ch
         "writeback.policy[0].namespaces=chart-apps-*".into(),
         "writeback.policy[0].services=billing*".into(),
     ];
-    let install = [&["install", release, CHART, "-n", ns][..], &sets(&values)].concat();
+    let install = [&["install", release, chart(), "-n", ns][..], &sets(&values)].concat();
     let notes = must("helm install", helm_on(bed, &install));
     let see = format!(
         "kubectl get services,endpointslices -n {ns} -l app.kubernetes.io/managed-by=etcd-bridge"
@@ -222,7 +222,7 @@ async fn helm_install_upgrade_and_uninstall_with_the_bridge_working_under_the_ch
     // splits the slice.
     let upgrade_values = [&values[..], &["projection.maxEndpointsPerSlice=1".into()]].concat();
     let upgrade = [
-        &["upgrade", release, CHART, "-n", ns][..],
+        &["upgrade", release, chart(), "-n", ns][..],
         &sets(&upgrade_values),
     ]
     .concat();
@@ -394,7 +394,7 @@ async fn the_charts_tls_and_auth_values_reach_an_etcd_with_client_certificates_a
         "etcd.auth.secretName=etcd-credentials".into(),
         "writeback.enabled=false".into(),
     ];
-    let install = [&["install", "sec", CHART, "-n", ns][..], &sets(&values)].concat();
+    let install = [&["install", "sec", chart(), "-n", ns][..], &sets(&values)].concat();
     must("helm install", helm_on(bed, &install));
     let deployment = installed_deployment(bed, ns, "sec-etcd-bridge");
     let ca_file = format!("{TLS_DIR}/ca.crt");
@@ -446,7 +446,7 @@ async fn with_the_charts_args_a_sigtermed_leader_hands_over_to_the_standby_withi
         format!("writeback.namespace={ns}"),
         format!("writeback.prefix={}wb/", scope.prefix),
     ];
-    let install = [&["install", "ha", CHART, "-n", ns][..], &sets(&values)].concat();
+    let install = [&["install", "ha", chart(), "-n", ns][..], &sets(&values)].concat();
     must("helm install", helm_on(bed, &install));
     let deployment = installed_deployment(bed, ns, "ha-etcd-bridge");
     let lease_duration = flag(&args_of(&deployment), "--lease-duration")

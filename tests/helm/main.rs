@@ -18,3 +18,6 @@ mod render;
 /// 4-5: install, import and write-back under the chart's RBAC, upgrade, uninstall; TLS and auth;
 /// SIGTERM hand-over.
 mod install;
+
+/// Several registries: the EtcdSource CRD, `--sources` and the Secrets RBAC.
+mod sources;

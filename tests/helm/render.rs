@@ -110,8 +110,16 @@ fn check_defaults(docs: &[Value]) {
     assert_eq!(of_kind(docs, "ClusterRoleBinding").len(), 1);
     assert!(of_kind(docs, "ServiceMonitor").is_empty());
     assert!(of_kind(docs, "NetworkPolicy").is_empty());
-    let crd = one(docs, "CustomResourceDefinition");
-    assert_eq!(crd["metadata"]["name"], "etcdregistrations.etcd-bridge.io");
+    named(
+        docs,
+        "CustomResourceDefinition",
+        "etcdregistrations.etcd-bridge.io",
+    );
+    named(
+        docs,
+        "CustomResourceDefinition",
+        "etcdsources.etcd-bridge.io",
+    );
     // The recommended labels on every object of the chart (the CRD is generated from the types).
     for doc in docs
         .iter()
@@ -568,7 +576,7 @@ async fn every_documented_combination_lints_renders_and_passes_the_api_servers_v
     ];
 
     for c in &combos {
-        let mut lint = vec!["lint", CHART, "--strict"];
+        let mut lint = vec!["lint", chart(), "--strict"];
         lint.extend(sets(&c.values));
         must(&format!("helm lint ({})", c.name), helm(&lint));
         let yaml = template("rel", &ns, &c.values)
@@ -589,6 +597,7 @@ fn every_flag_and_env_the_chart_renders_is_one_the_bridge_reads() {
         "writeback.selector=team=a",
         "extraArgs[0]=--etcd-timeout=9s",
         "probe.select[0]=*",
+        "sources.enabled=true",
     ];
     let yaml = template("rel", "default", &values).unwrap();
     let d = documents(&yaml);
@@ -610,7 +619,7 @@ fn every_flag_and_env_the_chart_renders_is_one_the_bridge_reads() {
         );
     }
     // Chart.yaml's appVersion is the crate's version (the default image tag).
-    let chart = std::fs::read_to_string(format!("{CHART}/Chart.yaml")).unwrap();
+    let chart = std::fs::read_to_string(format!("{}/Chart.yaml", chart())).unwrap();
     let app_version = format!("appVersion: \"{}\"", env!("CARGO_PKG_VERSION"));
     assert!(
         chart.contains(&app_version),
@@ -713,7 +722,13 @@ fn bad_values_fail_with_a_message_that_names_the_field() {
         }
     }
     // The empty list needs JSON to be said.
-    let out = helm(&["template", "rel", CHART, "--set-json", "etcd.endpoints=[]"]);
+    let out = helm(&[
+        "template",
+        "rel",
+        chart(),
+        "--set-json",
+        "etcd.endpoints=[]",
+    ]);
     assert!(!out.ok);
     let named = out.stderr.contains("etcd.endpoints") && out.stderr.contains("at least 1");
     assert!(named, "{}", out.stderr);
@@ -727,7 +742,7 @@ async fn helm_install_with_bad_values_fails_and_creates_nothing() {
     let install = [
         "install",
         "bad",
-        CHART,
+        chart(),
         "-n",
         &ns,
         "--set",

@@ -14,7 +14,15 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/etcd-bridge");
+/// The chart in this checkout (found when the test runs: see `etcd_bridge_testbed::repo`).
+pub fn chart() -> &'static str {
+    static CHART: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHART.get_or_init(|| {
+        etcd_bridge_testbed::repo::path("charts/etcd-bridge")
+            .display()
+            .to_string()
+    })
+}
 pub const WAIT: Duration = Duration::from_secs(30);
 /// Where the chart mounts the etcd TLS Secret in the pod.
 pub const TLS_DIR: &str = "/etc/etcd-bridge/etcd-tls";
@@ -39,7 +47,7 @@ pub const WRITEBACK_FLAGS: [&str; 7] = [
 pub fn helm_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/install-helm.sh");
+        let script = etcd_bridge_testbed::repo::path("hack/install-helm.sh");
         let out = Command::new("bash")
             .arg(script)
             .stderr(std::process::Stdio::inherit())
@@ -112,7 +120,7 @@ pub fn template<S: AsRef<str>>(
     let mut args = vec![
         "template",
         release,
-        CHART,
+        chart(),
         "--namespace",
         namespace,
         "--include-crds",

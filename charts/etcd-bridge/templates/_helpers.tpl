@@ -87,6 +87,11 @@ NetworkPolicy.
 {{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $hostport) }}
 {{- $ports = append $ports (default "2379" $port) }}
 {{- end }}
+{{- if .Values.sources.enabled }}
+{{- range .Values.sources.etcdPorts }}
+{{- $ports = append $ports (toString .) }}
+{{- end }}
+{{- end }}
 {{- join "\n" (uniq $ports) }}
 {{- end }}
 

@@ -4,10 +4,15 @@
 //! a few gRPC services the way the seed's Go `Register` does (a lease kept alive, one key each),
 //! and prints `kubectl get services,endpointslices`. Then the other way: it installs the
 //! EtcdRegistration CRD, creates one, and prints the key and value the bridge wrote to etcd.
-//! `--once` exits after printing (the tests run it so); otherwise it keeps running until Ctrl-C.
+//! Last, on a real node (`dataplane`), a pod calls a service registered in etcd by its DNS name.
+//! `--no-node` leaves that act out. `--once` exits after printing (the tests run it so; a part
+//! that fails fails it); otherwise it keeps running until Ctrl-C.
+
+mod dataplane;
 
 use etcd_bridge_testbed::TestBed;
 use etcd_bridge_testbed::bridge::BridgeTarget;
+use etcd_bridge_testbed::grpc_tools;
 use etcd_bridge_testbed::process::{Proc, free_port};
 use etcd_bridge_testbed::seed::{seed_key, seed_value};
 use etcd_client::{Client, PutOptions};
@@ -29,6 +34,7 @@ fn step(msg: &str) {
 #[tokio::main]
 async fn main() {
     let once = std::env::args().any(|a| a == "--once");
+    let with_node = !std::env::args().any(|a| a == "--no-node");
     let bridge_bin = std::env::args()
         .skip_while(|a| a != "--bridge")
         .nth(1)
@@ -48,10 +54,9 @@ async fn main() {
     );
 
     step("installing the EtcdRegistration CRD (generated from the Rust types)");
-    let crd = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crds/etcdregistrations.etcd-bridge.io.yaml"),
-    )
+    let crd = std::fs::read_to_string(etcd_bridge_testbed::repo::path(
+        "crds/etcdregistrations.etcd-bridge.io.yaml",
+    ))
     .expect("read crds/etcdregistrations.etcd-bridge.io.yaml");
     bed.cluster
         .install_crd(&crd, "etcdregistrations.etcd-bridge.io")
@@ -178,8 +183,26 @@ async fn main() {
         .kubectl(&["get", "etcdregistrations", "-n", "default"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
+    let data_plane = match with_node {
+        false => None,
+        true => match tokio::task::block_in_place(|| {
+            dataplane::show(&bed, &bridge_bin, "default", "/", step)
+        }) {
+            Ok(shown) => Some(shown),
+            // The rest of the demo stands without the node; `--once` (the tests) fails.
+            Err(e) if !once => {
+                println!(
+                    "    the node part did not run: {e}\n    (the rest of the demo keeps running; --no-node skips this part)"
+                );
+                None
+            }
+            Err(e) => panic!("the data-plane part failed:\n{e}"),
+        },
+    };
+
     if once {
         step("done (--once)");
+        drop(data_plane);
         return;
     }
     step("the demo keeps running; try it");
@@ -190,6 +213,17 @@ async fn main() {
         bed.registry.endpoint(),
         log.display()
     );
+    if let Some(dp) = &data_plane {
+        println!(
+            "    from the pod: {} exec -n {} {} -- {} -target {}",
+            bed.cluster.kubectl_path().display(),
+            dp.pod.namespace,
+            dp.pod.name,
+            grpc_tools::CLIENT,
+            dp.target
+        );
+    }
     let _ = tokio::signal::ctrl_c().await;
+    drop(data_plane);
     step("stopping");
 }

@@ -1,6 +1,10 @@
 //! Leader election over a coordination.k8s.io Lease (kube-lease-manager). Every replica watches
 //! etcd and the cluster; only the holder of the Lease writes.
 
+pub mod buckets;
+pub mod observe;
+pub mod shards;
+
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use kube::Client;

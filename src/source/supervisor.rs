@@ -1,0 +1,284 @@
+//! The source supervisor (a shell): watches the EtcdSource objects of the bridge's namespace,
+//! reads the Secrets they name, resolves them ([`spec::resolve`], [`spec::refuse_overlaps`]) and
+//! starts and stops each source's watchers ([`spec::changes`]). It tells the import reconciler
+//! through the same channel as the watchers, so a source's `Update::Source` always comes before
+//! its keys, and its `Update::SourceGone` after the last of them.
+//!
+//! Secrets are read again every [`SECRET_POLL`] and at every change of an object: RBAC grants
+//! the bridge only the Secrets sources name (resourceNames), which cannot be listed or watched
+//! as a set.
+
+use super::crd::EtcdSource;
+use super::publish::Publisher;
+use super::spec::{self, Context, Secret, SourceConfig, SourceName};
+use super::status::Reports;
+use crate::etcd::Update;
+use crate::metrics::Metrics;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// How often the Secrets of sources are read again.
+pub const SECRET_POLL: Duration = Duration::from_secs(30);
+
+/// Why each EtcdSource object is not used, by name; its status says so.
+pub type Refused = BTreeMap<SourceName, String>;
+
+struct Running {
+    config: SourceConfig,
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub struct Supervisor {
+    client: Client,
+    namespace: String,
+    timeout: Duration,
+    /// The flags' source: first in priority, never started or stopped here.
+    default: SourceConfig,
+    tx: mpsc::Sender<Update>,
+    metrics: Arc<Metrics>,
+    running: BTreeMap<SourceName, Running>,
+    refused: Refused,
+    /// Status: what the import reports of each source, and whether this replica leads.
+    reports: watch::Receiver<Reports>,
+    leader: watch::Receiver<bool>,
+    publisher: Publisher,
+}
+
+impl Supervisor {
+    /// `reports` come from the import reconciler; `leader`: only the leader writes status.
+    pub fn new(
+        client: Client,
+        default: SourceConfig,
+        timeout: Duration,
+        tx: mpsc::Sender<Update>,
+        metrics: Arc<Metrics>,
+        reports: watch::Receiver<Reports>,
+        leader: watch::Receiver<bool>,
+    ) -> Self {
+        Supervisor {
+            publisher: Publisher::new(client.clone()),
+            reports,
+            leader,
+            client,
+            namespace: default.target_namespace.clone(),
+            timeout,
+            default,
+            tx,
+            metrics,
+            running: BTreeMap::new(),
+            refused: Refused::new(),
+        }
+    }
+
+    /// Runs until `shutdown`, then stops every source it started.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let api: Api<EtcdSource> = Api::namespaced(self.client.clone(), &self.namespace);
+        let (store, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        let mut poll = tokio::time::interval(SECRET_POLL);
+        // Set at the end of the first list: until then, nothing is known of the objects.
+        let mut ready = false;
+        // The objects' names and generations at the last apply: a change of status only (our
+        // own writes) needs no new resolution, nor another read of every Secret.
+        let mut applied: Vec<(String, Option<i64>)> = Vec::new();
+        loop {
+            let mut poll_due = false;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = stream.next() => match ev {
+                    Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if !ready {
+                            ready = true;
+                            self.apply(&store).await;
+                            if self.tx.send(Update::SourcesListed).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot watch EtcdSource objects (is the CRD installed and the bridge allowed to list them?); sources not known yet keep their Services");
+                        continue;
+                    }
+                    None => break,
+                },
+                _ = poll.tick() => poll_due = true,
+                Ok(()) = self.reports.changed() => {
+                    self.write_status(&store).await;
+                    continue;
+                }
+                Ok(()) = self.leader.changed() => {
+                    self.publisher.forget();
+                    self.write_status(&store).await;
+                    continue;
+                }
+            }
+            if !ready {
+                continue;
+            }
+            let mut now: Vec<(String, Option<i64>)> = (store.state().iter())
+                .map(|o| (o.name_any(), o.metadata.generation))
+                .collect();
+            now.sort();
+            if poll_due || now != applied {
+                self.apply(&store).await;
+                applied = now;
+            }
+            self.write_status(&store).await;
+        }
+        for (_, r) in std::mem::take(&mut self.running) {
+            r.token.cancel();
+        }
+    }
+
+    /// Brings the running sources to what the objects (and their Secrets) say.
+    async fn apply(&mut self, store: &Store<EtcdSource>) {
+        let mut objects = store.state();
+        objects.sort_by(|a, b| {
+            (a.creation_timestamp(), a.name_any()).cmp(&(b.creation_timestamp(), b.name_any()))
+        });
+        let ctx = Context {
+            namespace: &self.namespace,
+            timeout: self.timeout,
+            reserved: &[spec::DEFAULT_SOURCE],
+        };
+        let mut refused = Refused::new();
+        let mut resolved = vec![self.default.clone()];
+        for obj in &objects {
+            let name = obj.name_any();
+            let secret = match &obj.spec.secret_ref {
+                None => Ok(None),
+                Some(r) => self.secret(&r.name).await.map(Some),
+            };
+            let got = match &secret {
+                Ok(None) => spec::resolve(&name, &obj.spec, Secret::NotNamed, &ctx),
+                Ok(Some(d)) => spec::resolve(&name, &obj.spec, Secret::Data(d), &ctx),
+                Err(why) => spec::resolve(&name, &obj.spec, Secret::Unreadable(why), &ctx),
+            };
+            match got {
+                Ok(c) => resolved.push(c),
+                Err(problems) => {
+                    refused.insert(name, spec::describe(&problems));
+                }
+            }
+        }
+        let (kept, overlaps) = spec::refuse_overlaps(resolved);
+        for o in overlaps {
+            refused.insert(o.source.clone(), o.invalid().to_string());
+        }
+        let desired: BTreeMap<SourceName, SourceConfig> = kept
+            .into_iter()
+            .filter(|c| c.name != spec::DEFAULT_SOURCE)
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        let running: BTreeMap<SourceName, SourceConfig> = (self.running.iter())
+            .map(|(n, r)| (n.clone(), r.config.clone()))
+            .collect();
+        let changes = spec::changes(&running, &desired);
+        for name in &changes.stop {
+            if let Some(r) = self.running.remove(name) {
+                r.token.cancel();
+                // Every update it sent is queued before what follows.
+                for t in r.tasks {
+                    if let Err(e) = t.await {
+                        tracing::error!(source = %name, error = %e, "a watcher of this source failed");
+                    }
+                }
+            }
+        }
+        for name in changes.gone {
+            tracing::info!(source = %name, "EtcdSource gone or no longer valid: its Services go");
+            if self.tx.send(Update::SourceGone(name)).await.is_err() {
+                return; // the reconciler is gone: the bridge is stopping
+            }
+        }
+        for config in changes.start {
+            self.start(config).await;
+        }
+        for (name, why) in &refused {
+            if self.refused.get(name) != Some(why) {
+                tracing::warn!(source = %name, "EtcdSource not used: {why}");
+            }
+        }
+        self.refused = refused;
+    }
+
+    /// The leader writes each object's status (the others keep theirs for a new term).
+    async fn write_status(&mut self, store: &Store<EtcdSource>) {
+        if !*self.leader.borrow_and_update() {
+            return;
+        }
+        let objects: Vec<EtcdSource> = store.state().iter().map(|o| (**o).clone()).collect();
+        let reports = self.reports.borrow_and_update().clone();
+        (self.publisher)
+            .publish(&objects, &reports, &self.refused)
+            .await;
+    }
+
+    /// The Secret's data, or why it cannot be read.
+    async fn secret(&self, name: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), &self.namespace);
+        match api.get_opt(name).await {
+            Ok(Some(s)) => Ok((s.data.unwrap_or_default().into_iter())
+                .map(|(k, v)| (k, v.0))
+                .collect()),
+            Ok(None) => Err("not found in this namespace".into()),
+            Err(e) => Err(format!(
+                "cannot be read ({e}); the chart grants the bridge only the Secrets listed in sources.secretNames"
+            )),
+        }
+    }
+
+    async fn start(&mut self, config: SourceConfig) {
+        tracing::info!(source = %config.name, endpoints = ?config.connection.endpoints, "starting source");
+        if self
+            .tx
+            .send(Update::Source(Box::new(config.clone())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let token = CancellationToken::new();
+        let tasks = (config.prefixes.iter())
+            .map(|p| {
+                let span = tracing::info_span!("source", source = %config.name);
+                tokio::spawn(
+                    crate::etcd::watch_prefix(
+                        config.connection.clone(),
+                        config.name.clone(),
+                        p.prefix.clone(),
+                        self.tx.clone(),
+                        self.metrics.clone(),
+                        token.clone(),
+                    )
+                    .instrument(span),
+                )
+            })
+            .collect();
+        self.running.insert(
+            config.name.clone(),
+            Running {
+                config,
+                token,
+                tasks,
+            },
+        );
+    }
+}
