@@ -4,10 +4,9 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 
 fn install(scope: &Scope) {
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/etcdsources.etcd-bridge.io.yaml");
+    let crd = etcd_bridge_testbed::repo::path("crds/etcdsources.etcd-bridge.io.yaml");
     let yaml = std::fs::read_to_string(&crd).expect("read the generated CRD");
     scope
         .bed

@@ -44,7 +44,7 @@ fn private_etcd(label: &str) -> EtcdServer {
 }
 
 fn install_crd(scope: &Scope) {
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/etcdsources.etcd-bridge.io.yaml");
+    let crd = etcd_bridge_testbed::repo::path("crds/etcdsources.etcd-bridge.io.yaml");
     let yaml = std::fs::read_to_string(&crd).expect("read the generated CRD");
     (scope.bed.cluster)
         .install_crd(&yaml, "etcdsources.etcd-bridge.io")

@@ -150,7 +150,7 @@ mod tests {
             "crds/etcdsources.etcd-bridge.io.yaml",
             "charts/etcd-bridge/crds/etcdsources.etcd-bridge.io.yaml",
         ] {
-            let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            let full = etcd_bridge_testbed::repo::root().join(path);
             let committed = std::fs::read_to_string(&full).unwrap_or_default();
             assert!(
                 committed == generated,

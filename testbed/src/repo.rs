@@ -2,9 +2,9 @@
 //!
 //! The compiled crates are cached outside the checkout (`~/.cache/etcd-bridge/target`) and
 //! shared by every clone: cargo reuses a crate compiled in another clone when its sources are the
-//! same, so a path baked in with `env!("CARGO_MANIFEST_DIR")` may name a clone that is gone (CI's)
-//! or one with other, uncommitted files. Every script and fixture the test bed reads is found
-//! from here instead.
+//! same, so a path baked in at compile time (cargo's CARGO_MANIFEST_DIR) may name a clone that is
+//! gone (CI's) or one with other, uncommitted files. Every script and fixture the test bed reads
+//! is found from here instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -65,5 +65,36 @@ mod tests {
         assert!(here.join("Cargo.toml").is_file(), "{}", here.display());
         assert_eq!(find_from(&here.join("testbed/src")).as_deref(), Some(here));
         assert_eq!(find_from(Path::new("/")), None);
+    }
+
+    /// A compiled-in checkout path comes back with every new file that copies the habit: the
+    /// shared target dir then runs another clone's scripts, or a deleted clone's (see the top).
+    #[test]
+    fn no_code_reads_the_checkout_from_a_compiled_in_path() {
+        let habit = ["env!(\"CARGO", "_MANIFEST_DIR\")"].concat();
+        let mut found = Vec::new();
+        for dir in ["src", "tests", "examples", "testbed/src", "testbed/tests"] {
+            scan(&root().join(dir), &habit, &mut found);
+        }
+        assert!(
+            found.is_empty(),
+            "use etcd_bridge_testbed::repo::path instead of {habit} in: {found:?}"
+        );
+    }
+
+    fn scan(dir: &Path, needle: &str, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                scan(&path, needle, found);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && std::fs::read_to_string(&path).is_ok_and(|t| t.contains(needle))
+            {
+                found.push(path);
+            }
+        }
     }
 }

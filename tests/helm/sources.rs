@@ -32,7 +32,7 @@ async fn sources_render_the_crd_the_flag_and_a_role_for_the_named_secrets_only()
         "sources.secretNames[0]=etcd-eu",
         "sources.secretNames[1]=etcd-us",
     ];
-    let mut lint = vec!["lint", CHART, "--strict"];
+    let mut lint = vec!["lint", chart(), "--strict"];
     lint.extend(sets(&values));
     must("helm lint (sources)", helm(&lint));
     let yaml = template("rel", &ns, &values).unwrap();
