@@ -3,6 +3,7 @@
 use crate::import::Import;
 use crate::memory::Big;
 use crate::stats::{ms, secs};
+use serde_json::Value;
 
 pub struct Goal {
     pub name: &'static str,
@@ -145,4 +146,94 @@ pub fn goals(i: &Import, big: &Big) -> Vec<Goal> {
             },
         },
     ]
+}
+
+/// The goals of issues 11 and 12, from what their sections wrote into the report; a section that
+/// did not run gives no row.
+pub fn section_goals(report: &serde_json::Map<String, Value>) -> Vec<Goal> {
+    let mut out = Vec::new();
+    if let Some(f) = report.get("formats").filter(|f| f["measured"] == true) {
+        let (seed, mixed, big) = crate::formats::rss(f);
+        let n = |k: &str| count(f[k]["registrations"].as_u64().unwrap_or(0) as usize);
+        out.push(Goal {
+            name: "RSS, six formats at once",
+            target: "≤ 40 MB at 10k, per endpoint not above the seed estate's (+5%)".into(),
+            measured: format!(
+                "{} at {} in six formats, {} at {} seed only (same run, same shape; under six prefixes {}), {} at {} in six formats; {} KiB per added endpoint",
+                mib(mixed),
+                n("mixed"),
+                mib(seed),
+                n("seed"),
+                mib(f["summary"]["seed_six_prefixes_vm_hwm_mib"].as_f64()),
+                mib(big),
+                n("mixed_big"),
+                f["summary"]["kib_per_added_endpoint_mixed_to_big"]
+            ),
+            met: match (seed, mixed) {
+                (Some(s), Some(m)) => Some(m <= 40.0 && m <= s * 1.05),
+                _ => None,
+            },
+        });
+    }
+    if let Some(h) = report.get("health").filter(|h| h["measured"] == true) {
+        let goal = h["goal_ms"].as_f64().unwrap_or(0.0);
+        let p99 = |k: &str| h[k]["p99_ms"].as_f64();
+        let missed = h["missed"].as_u64().unwrap_or(0);
+        out.push(Goal {
+            name: "health: detection",
+            target: "p99 ≤ 2 × interval + 1 s, both ways".into(),
+            measured: format!(
+                "NOT_SERVING → not ready p50 {} p99 {}; SERVING → ready p50 {} p99 {} (interval {} ms, goal {goal} ms{})",
+                ms(h["not_serving_to_not_ready"]["p50_ms"].as_f64()),
+                ms(p99("not_serving_to_not_ready")),
+                ms(h["serving_to_ready"]["p50_ms"].as_f64()),
+                ms(p99("serving_to_ready")),
+                h["interval_ms"],
+                if missed > 0 { format!(", {missed} missed") } else { String::new() }
+            ),
+            met: match (p99("not_serving_to_not_ready"), p99("serving_to_ready")) {
+                (Some(a), Some(b)) => Some(missed == 0 && a <= goal && b <= goal),
+                _ => None,
+            },
+        });
+        let writes = h["slice_writes_audit"].as_u64().unwrap_or(0);
+        let changes = h["state_changes"].as_u64().unwrap_or(0);
+        out.push(Goal {
+            name: "health: writes per change of state",
+            target: "1.0 (and none while states hold)".into(),
+            measured: format!(
+                "{:.2} ({writes} EndpointSlice writes in the audit log / {changes} changes; the bridge's metric: {})",
+                writes as f64 / changes.max(1) as f64,
+                h["slice_writes_metric"]
+            ),
+            met: (changes > 0).then_some(writes == changes),
+        });
+    }
+    if let Some(s) = report.get("health_scale").filter(|s| s["measured"] == true) {
+        let cpu = s["bridge_cpu_per_s_on"].as_f64();
+        let added = s["vm_hwm_mib_added"].as_f64();
+        out.push(Goal {
+            name: "health: prober at scale",
+            target: "≤ 0.5 CPU, ≤ 20 MB more RSS than the prober off".into(),
+            measured: format!(
+                "{} endpoints every {} ms: {} CPU (prober off: {}), VmHWM {} MiB ({} MiB more); health server {} CPU",
+                count(s["endpoints"].as_u64().unwrap_or(0) as usize),
+                s["interval_ms"],
+                s["bridge_cpu_per_s_on"],
+                s["bridge_cpu_per_s_off"],
+                s["prober_on"]["vm_hwm_mib"],
+                s["vm_hwm_mib_added"],
+                s["server_cpu_per_s"]
+            ),
+            met: match (cpu, added) {
+                (Some(c), Some(a)) => Some(c <= 0.5 && a <= 20.0),
+                _ => None,
+            },
+        });
+    }
+    out
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1} MiB"))
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! bench [--smoke] [--bridge PATH] [--out DIR] [--bridge-arg ARG]... [--peer-rate N] [--services N]
-//!       [--only writeback-scale]
+//!       [--only SECTION]
 //! bench --replot target/bench/results.json --out DIR
 //! ```
 //!
@@ -18,7 +18,8 @@
 //!   is limited to 20 requests/s, so at 50/s it would measure its rate limiter).
 //! - `--services`: services of the import sections (default 1,000; 10 endpoints each), to see how
 //!   the latency depends on the size of the estate.
-//! - `--only writeback-scale`: that section alone, written to `writeback-scale.json`.
+//! - `--only SECTION`: one section alone (`writeback-scale`, `format-parse`, `formats`, `health`,
+//!   `health-scale`), written to `SECTION.json`.
 //! - `--replot`: draws `latency.svg` again from a `results.json`, and does nothing else.
 //!
 //! The bridge runs as its own process with the admin kubeconfig and `--leader-election=false`,
@@ -36,6 +37,7 @@ mod harness;
 mod metrics;
 mod model;
 mod options;
+mod shapes;
 mod stats;
 mod tracker;
 // The sections (import.rs runs the import ones in order, on one estate).
@@ -43,6 +45,10 @@ mod burst;
 mod cold_start;
 mod dataplane;
 mod floor;
+mod format_parse;
+mod formats;
+mod health;
+mod health_scale;
 mod import;
 mod isolated;
 mod memory;
@@ -181,15 +187,32 @@ async fn main() {
         }),
     );
 
-    if ctx.opts.only.is_some() {
-        let wbs = writeback_scale::section(&mut ctx).await;
-        report::finish_only(ctx, "writeback_scale", wbs);
+    if let Some(only) = ctx.opts.only.clone() {
+        let result = match only.as_str() {
+            "writeback-scale" => writeback_scale::section(&mut ctx).await,
+            "format-parse" => format_parse::section(&mut ctx).await,
+            "formats" => formats::section(&mut ctx).await,
+            "health" => health::section(&mut ctx).await,
+            "health-scale" => health_scale::section(&mut ctx).await,
+            other => unreachable!("options.rs lets only known sections through: {other}"),
+        };
+        report::finish_only(ctx, &only, result);
         return;
     }
     let import = import::import_sections(&mut ctx).await;
     let big = memory::section(&mut ctx).await;
     let wb = writeback::section(&mut ctx).await;
     let wbs = writeback_scale::section(&mut ctx).await;
+    // Issues 11 and 12 after the sections before them, whose figures stay comparable with runs
+    // that had none of these (the objects they leave make the apiserver's estate bigger).
+    let parse = format_parse::section(&mut ctx).await;
+    ctx.report.insert("format_parse".into(), parse);
+    let formats = formats::section(&mut ctx).await;
+    ctx.report.insert("formats".into(), formats);
+    let health = health::section(&mut ctx).await;
+    ctx.report.insert("health".into(), health);
+    let health_scale = health_scale::section(&mut ctx).await;
+    ctx.report.insert("health_scale".into(), health_scale);
     let dp = dataplane::section(&mut ctx).await;
     ctx.report.insert("dataplane".into(), dp);
     finish(ctx, import, big, wb, wbs);

@@ -11,7 +11,7 @@ pub struct Opts {
     pub peer_rate: Option<f64>,
     pub services: Option<usize>,
     pub replot: Option<PathBuf>,
-    /// Run one section only (`writeback-scale`), and report it alone.
+    /// Run one section only (one of [`ONLY`]), and report it alone.
     pub only: Option<String>,
 }
 
@@ -54,8 +54,8 @@ impl Opts {
                 "--replot" => opts.replot = Some(PathBuf::from(value("--replot"))),
                 "--only" => {
                     let v = value("--only");
-                    if v != "writeback-scale" {
-                        usage("--only knows one section: writeback-scale");
+                    if !ONLY.contains(&v.as_str()) {
+                        usage(&format!("--only takes one of {}", ONLY.join(", ")));
                     }
                     opts.only = Some(v)
                 }
@@ -74,12 +74,21 @@ impl Opts {
     }
 }
 
+/// The sections `--only` runs alone.
+pub const ONLY: [&str; 5] = [
+    "writeback-scale",
+    "format-parse",
+    "formats",
+    "health",
+    "health-scale",
+];
+
 pub fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("bench: {err}");
     }
     eprintln!(
-        "usage: bench [--smoke] [--bridge PATH] [--out DIR] [--bridge-arg ARG]... [--peer-rate N] [--services N] [--only writeback-scale] [--replot results.json]"
+        "usage: bench [--smoke] [--bridge PATH] [--out DIR] [--bridge-arg ARG]... [--peer-rate N] [--services N] [--only SECTION] [--replot results.json]"
     );
     std::process::exit(2)
 }
@@ -109,6 +118,22 @@ pub struct Sizes {
     /// Puts of the probe of etcd's Put latency with a lease.
     pub wb_probe_puts: usize,
     pub wb_scale_timeout: Duration,
+    /// Registrations per format of the parse benchmark, and its rounds.
+    pub parse_registrations: usize,
+    pub parse_rounds: usize,
+    /// Registrations per format of the mixed estates: the small one (compared with the seed
+    /// estate of the import sections) and the big one (six formats at once).
+    pub formats_small: usize,
+    pub formats_big: usize,
+    /// Health detection: Services (one server flipped in each), rounds of flips each way, and
+    /// the probe interval.
+    pub health_services: usize,
+    pub health_rounds: usize,
+    pub health_interval: Duration,
+    /// Health at scale: endpoints probed, the interval, and the measuring window.
+    pub probe_endpoints: usize,
+    pub probe_interval: Duration,
+    pub probe_window: Duration,
     pub settle: Duration,
     pub drain: Duration,
     pub converge_timeout: Duration,
@@ -144,6 +169,16 @@ impl Sizes {
                 wb_keys_per_lease: 8,
                 wb_probe_puts: 20,
                 wb_scale_timeout: Duration::from_secs(60),
+                parse_registrations: 600,
+                parse_rounds: 2,
+                formats_small: 20,
+                formats_big: 50,
+                health_services: 3,
+                health_rounds: 1,
+                health_interval: Duration::from_millis(500),
+                probe_endpoints: 60,
+                probe_interval: Duration::from_millis(500),
+                probe_window: Duration::from_secs(1),
                 settle: Duration::from_secs(1),
                 drain: Duration::from_secs(15),
                 converge_timeout: Duration::from_secs(60),
@@ -174,6 +209,17 @@ impl Sizes {
                 wb_keys_per_lease: 1_000,
                 wb_probe_puts: 500,
                 wb_scale_timeout: Duration::from_secs(240),
+                parse_registrations: 20_000,
+                parse_rounds: 7,
+                // 6 × 1,667 ≈ 10k, the size of the seed estate; 6 × 10,000 = 60k.
+                formats_small: 1_667,
+                formats_big: 10_000,
+                health_services: 10,
+                health_rounds: 2,
+                health_interval: Duration::from_secs(5),
+                probe_endpoints: 10_000,
+                probe_interval: Duration::from_secs(5),
+                probe_window: Duration::from_secs(20),
                 settle: Duration::from_secs(3),
                 drain: Duration::from_secs(20),
                 converge_timeout: Duration::from_secs(180),

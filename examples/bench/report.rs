@@ -2,7 +2,7 @@
 //! the bridges' logs.
 
 use crate::Ctx;
-use crate::goals::{Goal, goals, mark};
+use crate::goals::{Goal, goals, mark, section_goals};
 use crate::harness::{DONE, elapsed, step};
 use crate::import::Import;
 use crate::memory::Big;
@@ -57,6 +57,7 @@ pub fn git_describe() -> String {
 pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value, wbs: Value) {
     let mut goals = goals(&import, &big);
     goals.push(writeback_scale_goal(&wbs, ctx.sz.wb_scale_objects));
+    goals.extend(section_goals(&ctx.report));
     let name = if ctx.opts.smoke { "smoke" } else { "results" };
     let svg_path = ctx.opts.out.join(if ctx.opts.smoke {
         "smoke-latency.svg"
@@ -175,6 +176,19 @@ pub fn finish(mut ctx: Ctx, import: Import, big: Big, wb: Value, wbs: Value) {
         wb_line,
         w1 = w1
     );
+    println!("\nfigures without a goal of their own:");
+    if let Some(v) = ctx.report.get("format_parse") {
+        println!("  - parse: {}", crate::format_parse::brief(v));
+    }
+    if let Some(v) = ctx.report.get("formats") {
+        println!("  - formats: {}", crate::formats::brief(v));
+    }
+    if let Some(v) = ctx.report.get("health") {
+        println!("  - health: {}", crate::health::brief(v));
+    }
+    if let Some(v) = ctx.report.get("health_scale") {
+        println!("  - health at scale: {}", crate::health_scale::brief(v));
+    }
     if !ctx.anomalies.is_empty() {
         println!("\nthings in the bridge that looked wrong:");
         for a in &ctx.anomalies {
@@ -205,27 +219,41 @@ fn writeback_scale_goal(wbs: &Value, n: usize) -> Goal {
     }
 }
 
-/// `--only`: the one section's result, printed and written to `{name}.json` (with `-` for `_`).
+/// `--only`: the one section's result, printed and written to `{name}.json`.
 pub fn finish_only(mut ctx: Ctx, name: &str, result: Value) {
-    ctx.report.insert(name.into(), result.clone());
+    let key = name.replace('-', "_");
+    ctx.report.insert(key.clone(), result.clone());
     ctx.report.insert("anomalies".into(), json!(ctx.anomalies));
     ctx.report
         .insert("total_s".into(), json!((elapsed() * 10.0).round() / 10.0));
-    let path = ctx
-        .opts
-        .out
-        .join(format!("{}.json", name.replace('_', "-")));
+    let path = ctx.opts.out.join(format!("{name}.json"));
     std::fs::write(
         &path,
         serde_json::to_string_pretty(&Value::Object(ctx.report.clone())).unwrap(),
     )
     .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     step("results");
-    println!("{}", crate::writeback_scale::brief(&result));
+    let brief = match name {
+        "writeback-scale" => crate::writeback_scale::brief(&result),
+        "format-parse" => crate::format_parse::brief(&result),
+        "formats" => crate::formats::brief(&result),
+        "health" => crate::health::brief(&result),
+        _ => crate::health_scale::brief(&result),
+    };
+    println!("{brief}");
+    for g in section_goals(&ctx.report) {
+        println!(
+            "| {} | {} | {} | {} |",
+            g.name,
+            g.target,
+            mark(g.met),
+            g.measured
+        );
+    }
     for a in &ctx.anomalies {
         println!("  - {a}");
     }
-    let logs = keep_logs(&ctx, "writeback-scale");
+    let logs = keep_logs(&ctx, name);
     DONE.store(true, Ordering::Relaxed);
     println!(
         "\nwrote {} and the bridges' logs in {} in {:.0} s",

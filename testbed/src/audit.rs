@@ -31,8 +31,15 @@ pub fn mark(path: &Path) -> u64 {
 }
 
 /// Every write in `namespace` logged after `from` (a [`mark`]). A line still being written is
-/// left for the next read.
+/// left for the next read. Panics when the log is now shorter than the mark: it was rotated, and
+/// the writes since the mark cannot be counted (the test bed sets a rotation size no run reaches).
 pub fn writes(path: &Path, from: u64, namespace: &str) -> Vec<AuditWrite> {
+    let now = mark(path);
+    assert!(
+        now >= from,
+        "the audit log {} was rotated or truncated after the mark (now {now} bytes, marked at {from}): the writes since cannot be counted",
+        path.display()
+    );
     let mut text = Vec::new();
     if let Ok(mut f) = std::fs::File::open(path) {
         let _ = f.seek(SeekFrom::Start(from));
@@ -57,4 +64,34 @@ pub fn writes(path: &Path, from: u64, namespace: &str) -> Vec<AuditWrite> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"stage":"ResponseComplete","verb":"patch","objectRef":{"namespace":"ns","resource":"services","name":"a"},"user":{"username":"u"},"userAgent":"x","responseStatus":{"code":200}}"#;
+
+    #[test]
+    fn writes_after_the_mark_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, format!("{LINE}\n")).unwrap();
+        let from = mark(&path);
+        std::fs::write(&path, format!("{LINE}\n{LINE}\n")).unwrap();
+        assert_eq!(writes(&path, from, "ns").len(), 1);
+    }
+
+    /// kube-apiserver rotates its audit log (100 MB by default): a mark into the old file would
+    /// read the new one from the middle, or nothing, and count no writes at all.
+    #[test]
+    #[should_panic(expected = "rotated")]
+    fn a_log_rotated_after_the_mark_is_an_error_not_zero_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, format!("{LINE}\n{LINE}\n")).unwrap();
+        let from = mark(&path);
+        std::fs::write(&path, format!("{LINE}\n")).unwrap();
+        writes(&path, from, "ns");
+    }
 }

@@ -84,6 +84,9 @@ impl ControlPlane {
             format!("--audit-log-path={}", self.audit_log().display()),
             format!("--audit-policy-file={}", self.audit_policy()?.display()),
             "--audit-log-mode=blocking".into(),
+            // Never rotated while a test bed lives: a mark is a byte offset into this one file.
+            // The default (100 MB) was reached in the middle of a full `make bench`.
+            "--audit-log-maxsize=4096".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ];

@@ -32,6 +32,22 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
     ))
 }
 
+/// Every subnet [`Netns::create`] hands out. Each is blackholed on the host (`guard_reserved`):
+/// while a namespace exists, its veth's route is more specific and wins; once it is gone, a
+/// process that still dials its addresses (a bridge that outlived its test or benchmark) hits the
+/// blackhole instead of the default route, so no probe ever leaves the machine.
+pub const RESERVED: [&str; 2] = ["10.231.0.0/16", "10.232.0.0/13"];
+
+/// Blackholes [`RESERVED`] on the host (idempotent; the routes stay, the ranges are the test
+/// bed's).
+pub fn guard_reserved() -> Result<(), String> {
+    for net in RESERVED {
+        ip(&["route", "replace", "blackhole", net])
+            .map_err(|e| format!("blackholing the test bed's range {net}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A network namespace and its subnet: 10.231.N.0/24 for up to 240 servers, or 10.K.0.0/16
 /// (K from 232 to 239) for up to 62,500.
 pub struct Netns {
@@ -46,6 +62,7 @@ pub struct Netns {
 impl Netns {
     /// Creates a namespace with room for `servers` addresses.
     pub fn create(servers: u32) -> Result<Netns, String> {
+        guard_reserved()?;
         let wide = servers > 240;
         if servers > 62_500 {
             return Err(format!("{servers} servers: at most 62,500 fit in a /16"));
@@ -66,7 +83,7 @@ impl Netns {
                 .map(|o| {
                     String::from_utf8_lossy(&o.stdout)
                         .lines()
-                        .any(|l| !l.starts_with("default"))
+                        .any(|l| !l.starts_with("default") && !l.starts_with("blackhole"))
                 })
                 .unwrap_or(true);
             if routed {
@@ -234,4 +251,41 @@ fn build_healthserver() -> Result<PathBuf, String> {
     }
     std::fs::rename(&tmp, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route_to(addr: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-4", "route", "get", addr])
+            .output()
+            .expect("run ip route get");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    #[test]
+    fn an_address_of_a_namespace_that_is_gone_is_not_routed_off_the_machine() {
+        let ns = Netns::create(10).expect("create a namespace");
+        let addr = ns.address(0).to_string();
+        ns.assign(1).expect("assign an address");
+        let via_veth = route_to(&addr);
+        assert!(via_veth.contains(&ns.host_if), "{via_veth}");
+        drop(ns);
+        let after = route_to(&addr);
+        assert!(
+            !after.contains(" via ")
+                && (after.contains("unreachable")
+                    || after.contains("blackhole")
+                    || after.contains("Invalid")),
+            "{addr} after its namespace went: {after}"
+        );
+        let wide = route_to("10.236.1.2");
+        assert!(!wide.contains(" via "), "10.236.1.2: {wide}");
+    }
 }
