@@ -1,5 +1,7 @@
-//! The Kubernetes shell: what the cluster holds (`view`) and how the bridge changes it (`writer`).
+//! The Kubernetes shell: what the cluster holds (`view`) and how the bridge changes it (`writer`);
+//! the CRDs generated from the types (`crd`).
 
+pub mod crd;
 pub mod view;
 pub mod writer;
 
