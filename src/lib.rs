@@ -12,6 +12,7 @@ pub mod diff;
 pub mod error;
 pub mod etcd;
 pub mod format;
+pub mod glob;
 pub mod http;
 pub mod import;
 pub mod k8s;

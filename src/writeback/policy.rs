@@ -2,6 +2,7 @@
 //! `*` and `?` wildcards. An object is allowed when any rule matches; the default `*:*` allows all.
 
 use crate::error::{Error, Result};
+use crate::glob::glob;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -52,30 +53,6 @@ impl Policy {
             .collect::<Vec<_>>()
             .join(",")
     }
-}
-
-/// `*` matches any run of characters, `?` one character; everything else itself.
-fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    // Iterative matching with one backtrack point for the last `*`: linear in practice.
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
