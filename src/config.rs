@@ -145,6 +145,12 @@ pub struct RunArgs {
     /// How long a leader holds the Lease without renewing it; a standby takes over after this.
     #[arg(long, env = "ETCD_BRIDGE_LEASE_DURATION", value_parser = humantime, default_value = "15s")]
     pub lease_duration: Duration,
+    /// Buckets the writing is sharded into, 1–64. With 1, one Lease and one leader write
+    /// everything. With more, each bucket has a Lease (`{lease-name}-{bucket}`), the live replicas
+    /// share them fairly, and each writes only its buckets' objects: an imported Service belongs
+    /// to bucket FNV-1a(source/name) mod N, an EtcdRegistration to FNV-1a(namespace/name) mod N.
+    #[arg(long, env = "ETCD_BRIDGE_LEADER_BUCKETS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::leader::buckets::MAX_BUCKETS as i64))]
+    pub leader_buckets: u32,
     /// This replica's identity in the Lease; defaults to the pod name (POD_NAME) or host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -507,6 +513,7 @@ impl ProjectionArgs {
             headless: self.headless,
             max_endpoints_per_slice: self.max_endpoints_per_slice as usize,
             cilium_weight: self.cilium_weight,
+            buckets: 1,
         }
     }
 }

@@ -196,6 +196,7 @@ mod tests {
             headless,
             max_endpoints_per_slice: 100,
             cilium_weight: true,
+            buckets: 1,
         }
     }
 

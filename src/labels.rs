@@ -18,6 +18,8 @@ pub const INSTANCE: &str = "etcd-bridge.io/instance";
 /// The source (registry) an imported object was projected from: `default` for the flags' one,
 /// else the name of its EtcdSource.
 pub const SOURCE: &str = "etcd-bridge.io/source";
+/// The leader bucket whose holder writes the object (only with `--leader-buckets` above 1).
+pub const BUCKET: &str = "etcd-bridge.io/bucket";
 /// `aggregate` for the `{name}` Service, `version` for `{name}-{version}`.
 pub const TARGET_KIND: &str = "etcd-bridge.io/target";
 

@@ -8,9 +8,11 @@ use etcd_bridge::http::{self, Health};
 use etcd_bridge::import::{self, Reconciler, Tuning};
 use etcd_bridge::k8s::{ClusterView, Writer};
 use etcd_bridge::leader::Leadership;
+use etcd_bridge::leader::shards::ShardSpec;
 use etcd_bridge::metrics::Metrics;
 use etcd_bridge::preview;
 use etcd_bridge::probe::{self, Link};
+use etcd_bridge::projection::ProjectionConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -155,24 +157,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("etcd-bridge-{}", args.projection.instance));
         let id = identity(&args);
-        // The apiserver may be down at start: keep trying rather than crash-loop.
-        let mut backoff =
-            etcd_bridge::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        loop {
-            match Leadership::elect(client.clone(), ns, &name, &id, args.lease_duration).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot join the leader election yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
+        if args.leader_buckets > 1 {
+            tracing::info!(buckets = args.leader_buckets, lease = %name, "joining the bucket Leases: this replica writes the objects of the buckets it holds");
+            Leadership::shard(
+                client.clone(),
+                ShardSpec {
+                    namespace: ns.to_string(),
+                    name,
+                    instance: args.projection.instance.clone(),
+                    identity: id,
+                    buckets: args.leader_buckets,
+                    duration: args.lease_duration,
+                },
+            )
+        } else {
+            // The apiserver may be down at start: keep trying rather than crash-loop.
+            let mut backoff =
+                etcd_bridge::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+            loop {
+                match Leadership::elect(client.clone(), ns, &name, &id, args.lease_duration).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        let wait = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in = ?wait, "cannot join the leader election yet");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
                     }
                 }
             }
         }
     } else {
-        Leadership::always()
+        Leadership::always(args.leader_buckets)
     };
 
     if args.sources {
@@ -183,7 +200,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tx.clone(),
             metrics.clone(),
             reports,
-            leadership.is_leader.clone(),
+            leadership.holding.clone(),
         );
         tokio::spawn(supervisor.run(shutdown.clone()));
     }
@@ -194,7 +211,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.etcd.clone(),
             args.writeback.clone(),
             args.projection.instance.clone(),
-            leadership.is_leader.clone(),
+            leadership.holding.clone(),
             metrics.clone(),
             shutdown.clone(),
         ))
@@ -203,7 +220,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         vec![default_source.clone()],
         args.projection.aggregate,
         (!args.writeback.import_own).then_some(args.projection.instance.as_str()),
-        args.projection.projection_config(),
+        ProjectionConfig {
+            buckets: args.leader_buckets,
+            ..args.projection.projection_config()
+        },
         Tuning {
             coalesce: args.coalesce,
             coalesce_max: args.coalesce_max,
@@ -239,7 +259,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         writer,
         etcd_rx,
         cluster_rx,
-        leadership.is_leader.clone(),
+        leadership.holding.clone(),
         shutdown.clone(),
     )
     .await;

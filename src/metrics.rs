@@ -66,6 +66,7 @@ pub struct Metrics {
     pub rewind_relists: Counter,
     pub conflicts: Family<KindLabels, Counter>,
     pub leader: Gauge,
+    pub buckets_held: Gauge,
     pub etcd_connected: Gauge,
     pub held_deletions: Gauge,
     pub stale_sources: Gauge,
@@ -98,6 +99,7 @@ impl Default for Metrics {
             rewind_relists: Counter::default(),
             conflicts: Family::default(),
             leader: Gauge::default(),
+            buckets_held: Gauge::default(),
             etcd_connected: Gauge::default(),
             held_deletions: Gauge::default(),
             stale_sources: Gauge::default(),
@@ -172,8 +174,13 @@ impl Default for Metrics {
         );
         registry.register(
             "leader",
-            "1 while this replica is the leader and writes",
+            "1 while this replica writes (holds the Lease, or at least one bucket's)",
             m.leader.clone(),
+        );
+        registry.register(
+            "buckets_held",
+            "Leader buckets this replica holds and writes (--leader-buckets)",
+            m.buckets_held.clone(),
         );
         registry.register(
             "etcd_connected",

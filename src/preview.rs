@@ -368,6 +368,7 @@ mod tests {
             headless: true,
             max_endpoints_per_slice: 100,
             cilium_weight: true,
+            buckets: 1,
         };
         let r = Report::from_snapshot(&snap, &cfg, None);
         let names: Vec<String> = r.services.iter().map(|(s, _)| s.name_any()).collect();
@@ -421,6 +422,7 @@ mod tests {
             headless: true,
             max_endpoints_per_slice: 100,
             cilium_weight: true,
+            buckets: 1,
         };
         let r = Report::from_snapshot(&snap, &cfg, Some(probed));
         let table = r.table();

@@ -111,6 +111,8 @@ pub struct ProjectionConfig {
     pub max_endpoints_per_slice: usize,
     /// Also write the weight as Cilium's `service.cilium.io/weight`.
     pub cilium_weight: bool,
+    /// `--leader-buckets`: with more than one, every object is labelled with its bucket.
+    pub buckets: u32,
 }
 
 /// The largest weight Cilium's annotation takes.
@@ -129,9 +131,11 @@ pub fn port_name(port: u16) -> String {
 
 const TCP: &str = "TCP";
 
-/// Labels on every object the bridge projects from the registry `source`.
-fn owner_labels(cfg: &ProjectionConfig, source: &str) -> BTreeMap<String, String> {
-    [
+/// Labels on every object the bridge projects from the registry `source` for the Service
+/// `service`. Its bucket only when writing is sharded: one bucket adds nothing, so objects
+/// written before sharding existed need no write.
+fn owner_labels(cfg: &ProjectionConfig, source: &str, service: &str) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = [
         (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
         (labels::PART_OF, labels::PART_OF_VALUE),
         (labels::INSTANCE, cfg.instance.as_str()),
@@ -139,12 +143,17 @@ fn owner_labels(cfg: &ProjectionConfig, source: &str) -> BTreeMap<String, String
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    .collect();
+    if cfg.buckets > 1 {
+        let bucket = crate::leader::buckets::of_service(source, service, cfg.buckets);
+        labels.insert(labels::BUCKET.to_owned(), bucket.to_string());
+    }
+    labels
 }
 
 /// The selector-less Service `name` for `target`, with one port per distinct port in `groups`.
 pub fn service(name: &str, target: &Target, groups: &Groups, cfg: &ProjectionConfig) -> Service {
-    let mut labels = owner_labels(cfg, &target.source);
+    let mut labels = owner_labels(cfg, &target.source, name);
     labels.insert(labels::APP_NAME.to_owned(), name.to_owned());
     let kind = if target.version.is_some() {
         "version"
@@ -203,7 +212,7 @@ pub fn slice(
     unhealthy: &Unhealthy,
     cfg: &ProjectionConfig,
 ) -> EndpointSlice {
-    let mut labels = owner_labels(cfg, source);
+    let mut labels = owner_labels(cfg, source, service);
     labels.insert(labels::SERVICE_NAME.to_owned(), service.to_owned());
     labels.insert(
         labels::SLICE_MANAGED_BY.to_owned(),
@@ -276,6 +285,7 @@ mod tests {
             headless,
             max_endpoints_per_slice: 100,
             cilium_weight: true,
+            buckets: 1,
         }
     }
 

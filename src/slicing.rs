@@ -347,6 +347,7 @@ mod tests {
             headless: false,
             max_endpoints_per_slice: 100,
             cilium_weight: true,
+            buckets: 1,
         };
         let group = GroupKey {
             address_type: AddressType::IPv6,

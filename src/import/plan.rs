@@ -189,6 +189,7 @@ mod tests {
             headless,
             max_endpoints_per_slice: 2,
             cilium_weight: true,
+            buckets: 1,
         }
     }
 

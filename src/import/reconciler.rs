@@ -15,6 +15,7 @@ use crate::import::plan::{self, Decision, ServiceStep, Wanted};
 use crate::import::registries::Registries;
 use crate::import::schedule::{self, Schedule};
 use crate::k8s::{ObjectEvent, Writer};
+use crate::leader::Holding;
 use crate::metrics::{KindLabels, Metrics};
 use crate::naming;
 use crate::probe::link::PanicChange;
@@ -90,9 +91,13 @@ pub struct Reconciler {
     reports: Option<watch::Sender<crate::source::status::Reports>>,
     reports_dirty: bool,
     cluster_ready: bool,
-    leader: bool,
-    /// The first complete sync as leader is done: deletions are allowed from then on, and
-    /// `/readyz` says ready.
+    /// The leader buckets this replica holds: it writes only their Services.
+    holding: Holding,
+    /// The same, as published now: a flush in progress checks it before each Service, so a
+    /// bucket given up mid-flush is not written past its hand-over.
+    live: Option<watch::Receiver<Holding>>,
+    /// The first complete sync of the buckets held is done: deletions are allowed from then on,
+    /// and `/readyz` says ready.
     synced: bool,
     tuning: Tuning,
     /// Services whose removals the mass-deletion guard holds, and when etcd is read to confirm.
@@ -148,7 +153,8 @@ impl Reconciler {
             reports: None,
             reports_dirty: false,
             cluster_ready: false,
-            leader: false,
+            holding: Holding::none(1),
+            live: None,
             synced: false,
             tuning,
             held: BTreeSet::new(),
@@ -196,7 +202,11 @@ impl Reconciler {
         };
         let snapshot = &self.registries;
         let all = initial.then(|| snapshot.targets()).into_iter().flatten();
+        // Only the endpoints of the buckets held are probed here; each bucket's holder probes its
+        // own.
+        let (names, holding) = (&self.names, &self.holding);
         let changed = (self.dirty_targets.iter().chain(all))
+            .filter(|t| names.get(*t).is_none_or(|n| holding.service(&t.source, n)))
             .map(|t| (t, projection::group(snapshot.registrations(t))));
         let view = writer.view();
         link.refresh(changed, || {
@@ -253,15 +263,48 @@ impl Reconciler {
         }
     }
 
-    pub fn set_leader(&mut self, leader: bool) {
-        self.leader = leader;
-        self.metrics.leader.set(leader as i64);
-        // A new leader checks everything: the old one may have left work undone.
-        self.synced = false;
-        if let Some(link) = self.probes.as_mut() {
-            link.set_leader(leader);
-            self.metrics.services_in_panic.set(0);
+    /// This replica now holds `holding`. A bucket gained gets every one of its Services checked
+    /// (the last holder may have left work undone); a bucket lost is simply no longer written.
+    pub fn set_holding(&mut self, holding: Holding) {
+        if holding == self.holding {
+            return;
         }
+        let gained = holding.gained(&self.holding);
+        self.holding = holding;
+        self.metrics.leader.set(self.holding.any() as i64);
+        self.metrics
+            .buckets_held
+            .set(self.holding.held().len() as i64);
+        if gained {
+            self.synced = false;
+        }
+        // The prober starts a new term for the endpoints of the buckets now held, and the
+        // flush that follows fills it with them.
+        if let Some(link) = self.probes.as_mut() {
+            link.set_leader(self.holding.any());
+            self.metrics.services_in_panic.set(0);
+            self.synced = false;
+        }
+    }
+
+    /// The source the Service `name` is written for: its target's, else (a Service to delete)
+    /// the label of the object.
+    fn source_of(&self, writer: &Writer, name: &str) -> String {
+        if let Some(t) = self.by_name.get(name) {
+            return t.source.clone();
+        }
+        let svc = writer.view().service(name);
+        let label = svc
+            .as_ref()
+            .and_then(|s| s.labels().get(crate::labels::SOURCE));
+        label
+            .map_or(crate::source::spec::DEFAULT_SOURCE, String::as_str)
+            .to_owned()
+    }
+
+    /// Whether this replica writes the Service `name` (its bucket is held).
+    fn writes(&self, writer: &Writer, name: &str) -> bool {
+        self.holding.service(&self.source_of(writer, name), name)
     }
 
     /// Whether the cache is complete and the cluster view is listed.
@@ -271,11 +314,12 @@ impl Reconciler {
 
     /// When the next flush is due, if one is.
     pub fn next_flush(&self) -> Option<Instant> {
-        (self.can_sync() && self.leader).then(|| self.schedule.due(!self.synced, Instant::now()))?
+        (self.can_sync() && self.holding.any())
+            .then(|| self.schedule.due(!self.synced, Instant::now()))?
     }
 
     fn update_readiness(&self) {
-        if schedule::ready(self.can_sync(), self.leader, self.synced) {
+        if schedule::ready(self.can_sync(), self.holding.any(), self.synced) {
             self.health.set_synced();
         }
     }
@@ -366,6 +410,15 @@ impl Reconciler {
             }
         }
         let mut names = std::mem::take(&mut self.dirty_names);
+        // Only the Services of the buckets held: the others are another replica's to write.
+        names.retain(|n| self.writes(writer, n));
+        let theirs: Vec<String> = (self.held.iter())
+            .filter(|n| !self.writes(writer, n))
+            .cloned()
+            .collect();
+        for n in theirs {
+            self.held.remove(&n);
+        }
         // Each source on its own: removals held while its source is not listed; a stale
         // source's removal is no mass deletion to hold.
         let (by_source, expiring) = self.by_treatment(writer, &names);
@@ -541,6 +594,10 @@ impl Reconciler {
     /// Brings one Service and its slices to what [`plan::decide`] says. Returns whether anything
     /// was written.
     async fn sync_service(&self, writer: &Writer, name: &str, hold_removals: bool) -> Result<bool> {
+        let source = self.source_of(writer, name);
+        if (self.live.as_ref()).is_some_and(|l| !l.borrow().service(&source, name)) {
+            return Ok(false); // its bucket was given up during this flush
+        }
         let view = writer.view();
         let wanted = self.wanted(name);
         let current = view.service(name);
@@ -640,10 +697,11 @@ pub async fn run(
     writer: Writer,
     mut etcd_rx: mpsc::Receiver<Update>,
     mut cluster_rx: mpsc::UnboundedReceiver<ObjectEvent>,
-    mut leader: watch::Receiver<bool>,
+    mut holding: watch::Receiver<Holding>,
     shutdown: CancellationToken,
 ) {
-    reconciler.set_leader(*leader.borrow_and_update());
+    reconciler.set_holding(holding.borrow_and_update().clone());
+    reconciler.live = Some(holding.clone());
     let mut verdicts = reconciler.probes.as_mut().and_then(Link::take_verdicts);
     // The read of every source in flight, if any (it runs off the loop).
     let mut reread = None;
@@ -665,7 +723,7 @@ pub async fn run(
             continue;
         }
         let confirm =
-            (reconciler.confirm_at).filter(|_| reconciler.leader && !reconciler.confirming);
+            (reconciler.confirm_at).filter(|_| reconciler.holding.any() && !reconciler.confirming);
         let stale = reconciler.next_stale();
         let failing = reconciler.schedule.failing();
         tokio::select! {
@@ -685,10 +743,10 @@ pub async fn run(
                     reconciler.on_verdict(v);
                 }
             }
-            Ok(()) = leader.changed() => {
-                let is = *leader.borrow_and_update();
-                tracing::info!(leader = is, "leadership changed");
-                reconciler.set_leader(is);
+            Ok(()) = holding.changed() => {
+                let now = holding.borrow_and_update().clone();
+                tracing::info!(buckets = ?now.held(), of = now.buckets(), "leadership changed");
+                reconciler.set_holding(now);
             }
             _ = housekeeping.tick() => {
                 reconciler.housekeeping(&writer);

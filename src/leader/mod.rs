@@ -1,9 +1,14 @@
-//! Leader election over a coordination.k8s.io Lease (kube-lease-manager). Every replica watches
-//! etcd and the cluster; only the holder of the Lease writes.
+//! Leader election. Every replica watches etcd and the cluster; a replica writes only the objects
+//! of the buckets it holds ([`Holding`]). With one bucket (the default) that is one
+//! coordination.k8s.io Lease (kube-lease-manager): the leader writes everything. With more, each
+//! bucket has a Lease of its own and the live replicas share them ([`shards`]).
 
 pub mod buckets;
+pub mod holding;
 pub mod observe;
 pub mod shards;
+
+pub use holding::Holding;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
@@ -12,23 +17,50 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Leadership as a watch channel. [`Leadership::release`] gives the Lease up (graceful shutdown:
-/// the standby takes over at once instead of waiting out the Lease).
+/// What this replica may write, as a watch channel. [`Leadership::release`] gives the Lease(s) up
+/// (graceful shutdown: the others take over at once instead of waiting out the Lease).
 pub struct Leadership {
-    pub is_leader: watch::Receiver<bool>,
+    pub holding: watch::Receiver<Holding>,
     /// Holds the channel open when there is no election.
-    _always: Option<watch::Sender<bool>>,
+    _always: Option<watch::Sender<Holding>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    shards: Option<shards::Shards>,
 }
 
 impl Leadership {
-    /// Always the leader: for a single replica run with `--leader-election=false`.
-    pub fn always() -> Self {
-        let (tx, rx) = watch::channel(true);
+    /// Holds every bucket: for a single replica run with `--leader-election=false`.
+    pub fn always(buckets: u32) -> Self {
+        let (tx, rx) = watch::channel(Holding::all(buckets));
         Leadership {
-            is_leader: rx,
+            holding: rx,
             _always: Some(tx),
             task: None,
+            shards: None,
+        }
+    }
+
+    /// Joins the bucket Leases described by `spec` (more than one bucket): the buckets this
+    /// replica holds are published as they change.
+    pub fn shard(client: Client, spec: shards::ShardSpec) -> Self {
+        let n = spec.buckets;
+        let joined = shards::Shards::join(client, spec);
+        let mut held = joined.held.clone();
+        let (tx, holding) = watch::channel(Holding::none(n));
+        let task = tokio::spawn(async move {
+            loop {
+                let now = Holding::of(n, held.borrow_and_update().iter().copied());
+                tx.send_if_modified(|h| std::mem::replace(h, now.clone()) != now);
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = held.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Leadership {
+            holding,
+            _always: None,
+            task: Some(task),
+            shards: Some(joined),
         }
     }
 
@@ -55,24 +87,31 @@ impl Leadership {
                     "leader election on Lease {namespace}/{name}: {e}; the bridge's ServiceAccount needs get, create and patch on coordination.k8s.io leases in {namespace}"
                 ))
             })?;
-        let (tx, is_leader) = watch::channel(false);
+        let (tx, holding) = watch::channel(Holding::none(1));
         // A standby re-reads the Lease this often: kube-lease-manager alone would wait until the
         // expiry it last saw, so a Lease released on SIGTERM would still cost a whole duration.
         let poll = Duration::from_millis(500).min(duration / 4);
         let task = tokio::spawn(campaign(manager, tx, poll));
         Ok(Leadership {
-            is_leader,
+            holding,
             _always: None,
             task: Some(task),
+            shards: None,
         })
     }
 
-    /// Gives the Lease up (if held) and waits until that is written.
+    /// Gives the Lease(s) up (if held) and waits until that is written. The writers have stopped.
     pub async fn release(self) {
         let Leadership {
-            is_leader, task, ..
+            holding,
+            task,
+            shards,
+            ..
         } = self;
-        drop(is_leader);
+        drop(holding);
+        if let Some(shards) = shards {
+            shards.release().await;
+        }
         if let Some(task) = task
             && tokio::time::timeout(Duration::from_secs(5), task)
                 .await
@@ -84,7 +123,7 @@ impl Leadership {
 }
 
 /// Holds or waits for the Lease until every receiver is gone, then releases it.
-async fn campaign(manager: LeaseManager, tx: watch::Sender<bool>, poll: Duration) {
+async fn campaign(manager: LeaseManager, tx: watch::Sender<Holding>, poll: Duration) {
     let mut leader = false;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
@@ -101,7 +140,11 @@ async fn campaign(manager: LeaseManager, tx: watch::Sender<bool>, poll: Duration
                 Ok(state) => {
                     leader = state;
                     backoff.reset();
-                    if tx.send(state).is_err() {
+                    let now = match state {
+                        true => Holding::all(1),
+                        false => Holding::none(1),
+                    };
+                    if tx.send(now).is_err() {
                         continue;
                     }
                 }

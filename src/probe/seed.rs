@@ -44,6 +44,7 @@ mod tests {
             headless: true,
             max_endpoints_per_slice: 100,
             cilium_weight: true,
+            buckets: 1,
         };
         let ips: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
             .iter()

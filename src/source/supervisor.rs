@@ -52,7 +52,7 @@ pub struct Supervisor {
     refused: Refused,
     /// Status: what the import reports of each source, and whether this replica leads.
     reports: watch::Receiver<Reports>,
-    leader: watch::Receiver<bool>,
+    leader: watch::Receiver<crate::leader::Holding>,
     publisher: Publisher,
 }
 
@@ -65,7 +65,7 @@ impl Supervisor {
         tx: mpsc::Sender<Update>,
         metrics: Arc<Metrics>,
         reports: watch::Receiver<Reports>,
-        leader: watch::Receiver<bool>,
+        leader: watch::Receiver<crate::leader::Holding>,
     ) -> Self {
         Supervisor {
             publisher: Publisher::new(client.clone()),
@@ -219,9 +219,10 @@ impl Supervisor {
         self.refused = refused;
     }
 
-    /// The leader writes each object's status (the others keep theirs for a new term).
+    /// The holder of bucket 0 (the leader, with one bucket) writes each object's status (the
+    /// others keep theirs for a new term).
     async fn write_status(&mut self, store: &Store<EtcdSource>) {
-        if !*self.leader.borrow_and_update() {
+        if !self.leader.borrow_and_update().primary() {
             return;
         }
         let objects: Vec<EtcdSource> = store.state().iter().map(|o| (**o).clone()).collect();

@@ -1,7 +1,8 @@
-//! The EtcdRegistration controller. Every replica runs it; only the leader acts. A new leader
-//! gets a pass over every object, which re-attaches each key to its own leases before the old
-//! leader's can expire (no DELETE for watchers during a failover). A lost lease gets a pass over
-//! the objects whose keys were on it.
+//! The EtcdRegistration controller. Every replica runs it; a replica acts only on the objects of
+//! the leader buckets it holds (all of them with one bucket: the leader). A replica that gains a
+//! bucket gets a pass over every object, which re-attaches each key of its buckets to its own
+//! leases before the old holder's can expire (no DELETE for watchers during a failover). A lost
+//! lease gets a pass over the objects whose keys were on it.
 //!
 //! A pass writes etcd, then queues what the object needs (finalizer, status, Events) for the
 //! publishers (`object`, `publish`), which write to the apiserver a few at a time: 10,000 objects
@@ -11,6 +12,7 @@
 
 use crate::config::{EtcdArgs, WritebackArgs};
 use crate::error::{Error, Result};
+use crate::leader::Holding;
 use crate::metrics::Metrics;
 use crate::source::spec::Connection;
 use crate::writeback::crd::EtcdRegistration;
@@ -56,7 +58,7 @@ struct Ctx {
     client: Client,
     keys: Keys,
     objects: Objects,
-    leader: watch::Receiver<bool>,
+    leader: watch::Receiver<Holding>,
     prefix: String,
     policy: Policy,
     /// Objects whose write failed, for a new pass.
@@ -69,7 +71,7 @@ pub async fn run(
     etcd_args: EtcdArgs,
     args: WritebackArgs,
     instance: String,
-    leader: watch::Receiver<bool>,
+    leader: watch::Receiver<Holding>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -125,9 +127,9 @@ pub async fn run(
     // that blocked one is gone); a broken watch, once back, means everything gets one.
     let (freed_keys, missed) =
         freed::watch(ctx.keys.etcd.clone(), ctx.prefix.clone(), shutdown.clone());
-    // Everything again when this replica becomes leader, or deletions in etcd may have been
+    // Everything again when this replica gains a bucket, or deletions in etcd may have been
     // missed.
-    let again = futures::stream::select(became_true(leader), missed);
+    let again = futures::stream::select(gained(leader), missed);
     let (by_slice, by_service, by_key) =
         (controller.store(), controller.store(), controller.store());
     let prefix = ctx.prefix.clone();
@@ -182,12 +184,12 @@ async fn connect_until_up(
     }
 }
 
-/// A replica that stops leading stops writing: its leases keep no keys (the new leader moves
-/// them to its own), so their slots are free when it leads again. Ends with `shutdown`: a task
-/// still holding a leadership receiver would keep the Lease from being released on SIGTERM.
+/// A replica that stops writing a bucket forgets its keys: the new holder moves them to its own
+/// leases, so their slots are free here. Ends with `shutdown`: a task still holding a leadership
+/// receiver would keep the Lease from being released on SIGTERM.
 fn forget_when_not_leading(
     leases: Arc<Leases>,
-    mut leader: watch::Receiver<bool>,
+    mut leader: watch::Receiver<Holding>,
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
@@ -198,8 +200,10 @@ fn forget_when_not_leading(
                     if changed.is_err() {
                         return;
                     }
-                    if !*leader.borrow_and_update() {
-                        leases.forget_all().await;
+                    let now = leader.borrow_and_update().clone();
+                    match now.any() {
+                        false => leases.forget_all().await,
+                        true => leases.forget_unless(|(ns, name)| now.registration(ns, name)).await,
                     }
                 }
             }
@@ -213,12 +217,17 @@ fn stream_of<T: Send + 'static>(
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
-fn became_true(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> {
-    futures::stream::unfold(rx, |mut rx| async move {
+/// Yields each time the replica gains a bucket.
+fn gained(rx: watch::Receiver<Holding>) -> impl futures::Stream<Item = ()> {
+    let before = rx.borrow().clone();
+    futures::stream::unfold((rx, before), |(mut rx, mut before)| async move {
         loop {
             rx.changed().await.ok()?;
-            if *rx.borrow_and_update() {
-                return Some(((), rx));
+            let now = rx.borrow_and_update().clone();
+            let gained = now.gained(&before);
+            before = now;
+            if gained {
+                return Some(((), (rx, before)));
             }
         }
     })
@@ -230,8 +239,9 @@ fn error_policy(obj: Arc<EtcdRegistration>, err: &Error, _ctx: Arc<Ctx>) -> Acti
 }
 
 async fn reconcile(obj: Arc<EtcdRegistration>, ctx: Arc<Ctx>) -> Result<Action> {
-    if !*ctx.leader.borrow() {
-        // The leader acts; becoming leader reconciles everything.
+    let ns = obj.namespace().unwrap_or_default();
+    if !ctx.leader.borrow().registration(&ns, &obj.name_any()) {
+        // Its bucket's holder acts; gaining a bucket reconciles everything.
         return Ok(Action::await_change());
     }
     // Every line logged while reconciling this object names it.
@@ -350,6 +360,9 @@ async fn publisher(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 }
 
 async fn publish(ctx: &Ctx, me: &Owner, p: &Publication<Arc<EtcdRegistration>>) -> Result<()> {
+    if !ctx.leader.borrow().registration(&me.0, &me.1) {
+        return Ok(()); // its bucket went to another replica, whose pass writes the object
+    }
     let obj = &p.object;
     if p.finalizer {
         // Its keys are in etcd: take them back unless the object keeps the finalizer.

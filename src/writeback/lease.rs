@@ -88,6 +88,12 @@ impl Leases {
         self.pool.lock().await.forget(owner);
     }
 
+    /// This replica no longer writes the objects that `keep` refuses (their bucket went to another
+    /// replica, which moves their keys to its own leases).
+    pub async fn forget_unless(&self, keep: impl Fn(&Owner) -> bool) {
+        self.pool.lock().await.forget_unless(keep);
+    }
+
     /// This replica stopped writing (no longer the leader): the next leader moves every key to its
     /// own leases, so ours are empty; they stay alive for when it writes again.
     pub async fn forget_all(&self) {

@@ -148,6 +148,15 @@ impl<O: Ord + Clone> LeasePool<O> {
         }
     }
 
+    /// Forgets the keys of every owner that `keep` refuses (their bucket went to another
+    /// replica, which moves them to its own leases): their slots are free again.
+    pub fn forget_unless(&mut self, keep: impl Fn(&O) -> bool) {
+        let gone: Vec<O> = self.wants.keys().filter(|o| !keep(o)).cloned().collect();
+        for owner in &gone {
+            self.forget(owner);
+        }
+    }
+
     /// Forgets every key, keeping the leases (empty): this replica no longer writes (it lost the
     /// leadership), and whoever writes next moves the keys to its own leases.
     pub fn forget_all(&mut self) {
@@ -364,6 +373,18 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("/a/0".to_string(), 1), ("/a/1".to_string(), 1)]
         );
+    }
+
+    #[test]
+    fn forgetting_the_owners_of_a_lost_bucket_frees_only_their_slots() {
+        let mut pool = LeasePool::new(4);
+        let mut next = 0;
+        place_granting(&mut pool, &mut next, "a", &keys("a", 2));
+        place_granting(&mut pool, &mut next, "b", &keys("b", 2));
+        pool.forget_unless(|o| o == "a");
+        assert_eq!(pool.usage(), [(1, 2)], "b's two slots are free");
+        assert_eq!(pool.keys_of(&"a".to_string()).len(), 2);
+        assert!(pool.keys_of(&"b".to_string()).is_empty());
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct AuditWrite {
     pub user: String,
     pub user_agent: String,
     pub code: i64,
+    /// For a Lease written with its body: the holder it names (`None`: released, or not a
+    /// Lease).
+    pub lease_holder: Option<String>,
 }
 
 impl AuditWrite {
@@ -61,6 +64,9 @@ pub fn writes(path: &Path, from: u64, namespace: &str) -> Vec<AuditWrite> {
                 user: s(&e["user"]["username"]),
                 user_agent: s(&e["userAgent"]),
                 code: e["responseStatus"]["code"].as_i64().unwrap_or_default(),
+                lease_holder: e["requestObject"]["spec"]["holderIdentity"]
+                    .as_str()
+                    .map(String::from),
             }
         })
         .collect()

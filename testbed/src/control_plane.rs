@@ -236,13 +236,17 @@ impl ControlPlane {
 
     fn audit_policy(&self) -> Result<PathBuf, String> {
         let path = self.dir.join("audit-policy.yaml");
-        // Only writes, at Metadata level: enough to count who changed what.
+        // Only writes, at Metadata level: enough to count who changed what. Lease writes with
+        // their request, so a test can tell who held a Lease when (a release has no holder).
         write_file(
             &path,
             br#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
+- level: Request
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+  verbs: ["create", "update", "patch"]
 - level: Metadata
   verbs: ["create", "update", "patch", "delete", "deletecollection"]
 - level: None

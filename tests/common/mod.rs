@@ -25,7 +25,7 @@ rules:
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
-  verbs: [get, create, patch, update]
+  verbs: [get, list, create, patch, update, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

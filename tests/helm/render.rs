@@ -39,6 +39,7 @@ fn check_defaults(docs: &[Value]) {
         ("--leader-election", "true"),
         ("--lease-name", "etcd-bridge-rel"),
         ("--lease-duration", "15s"),
+        ("--leader-buckets", "1"),
         ("--listen", "0.0.0.0:8080"),
         ("--max-endpoints-per-slice", "100"),
         ("--max-delete-ratio", "0.5"),
@@ -408,6 +409,28 @@ fn check_one_replica(docs: &[Value]) {
     );
 }
 
+fn check_buckets(docs: &[Value]) {
+    let args = args_of(one(docs, "Deployment"));
+    assert_eq!(flag(&args, "--leader-buckets"), Some("6"));
+    let leases: Vec<Rule> = (rules(one(docs, "Role")).into_iter())
+        .filter(|r| r.1 == "leases")
+        .collect();
+    // Membership Leases are named after pods: no resourceNames can cover them.
+    assert_eq!(
+        leases,
+        [
+            rule("coordination.k8s.io", "leases", &[], &["create"]),
+            rule(
+                "coordination.k8s.io",
+                "leases",
+                &[],
+                &["get", "list", "patch", "update", "delete"]
+            ),
+        ],
+        "{leases:?}"
+    );
+}
+
 #[tokio::test]
 async fn every_documented_combination_lints_renders_and_passes_the_api_servers_validation() {
     let bed = TestBed::shared();
@@ -572,6 +595,11 @@ async fn every_documented_combination_lints_renders_and_passes_the_api_servers_v
             "one replica, no leader election",
             &["replicas=1", "leaderElection.enabled=false"],
             check_one_replica,
+        ),
+        combo(
+            "sharded leadership: three replicas, six buckets",
+            &["replicas=3", "leaderElection.buckets=6"],
+            check_buckets,
         ),
     ];
 
