@@ -100,57 +100,22 @@ fn addr(i: usize, host: usize) -> String {
     format!("10.41.{i}.{host}")
 }
 
-/// The Service a slice belongs to: its name less `-{8 hex}-{index}`.
-fn service_of_slice(slice: &str) -> Option<&str> {
-    let (rest, index) = slice.rsplit_once('-')?;
-    let (service, hash) = rest.rsplit_once('-')?;
-    let ok = index.chars().all(|c| c.is_ascii_digit())
-        && hash.len() == 8
-        && hash.chars().all(|c| c.is_ascii_hexdigit());
-    ok.then_some(service)
+/// Which bucket an audited write's object is in (None: not one the bridge writes by bucket).
+fn bucket_of(namespace: &str) -> impl Fn(&AuditWrite) -> Option<u32> {
+    let namespace = namespace.to_string();
+    move |w| match w.resource.as_str() {
+        "services" => Some(buckets::of_service("default", &w.name, BUCKETS)),
+        "endpointslices" => {
+            service_of_slice(&w.name).map(|s| buckets::of_service("default", s, BUCKETS))
+        }
+        "etcdregistrations" => Some(buckets::of_registration(&namespace, &w.name, BUCKETS)),
+        _ => None,
+    }
 }
 
-/// Every successful write of an object, checked against who held its bucket's Lease at that
-/// moment (the last Lease write before it in the log: a take, a renewal or a release). Returns
-/// (objects writes checked, the writes made without holding the bucket).
 fn single_writer(writes: &[AuditWrite], namespace: &str) -> (usize, Vec<String>) {
-    let mut holder: BTreeMap<u32, Option<String>> = BTreeMap::new();
-    let mut checked = 0;
-    let mut violations = Vec::new();
-    let account = format!("system:serviceaccount:{namespace}:");
-    for w in writes.iter().filter(|w| (200..300).contains(&w.code)) {
-        let bucket = match w.resource.as_str() {
-            "leases" => {
-                let b = w.name.strip_prefix(&format!("{LEASE}-"));
-                if let Some(b) = b.and_then(|b| b.parse::<u32>().ok()) {
-                    holder.insert(b, w.lease_holder.clone());
-                }
-                continue;
-            }
-            "services" => buckets::of_service("default", &w.name, BUCKETS),
-            "endpointslices" => match service_of_slice(&w.name) {
-                Some(s) => buckets::of_service("default", s, BUCKETS),
-                None => {
-                    violations.push(format!("{w:?}: not a slice name of the bridge"));
-                    continue;
-                }
-            },
-            "etcdregistrations" => buckets::of_registration(namespace, &w.name, BUCKETS),
-            _ => continue,
-        };
-        let Some(replica) = w.user.strip_prefix(&account) else {
-            continue; // the test's own writes (as admin)
-        };
-        checked += 1;
-        let held_by = holder.get(&bucket).cloned().flatten();
-        if held_by.as_deref() != Some(replica) {
-            violations.push(format!(
-                "{} {}/{} by {replica} while bucket {bucket} was held by {held_by:?}",
-                w.verb, w.resource, w.name
-            ));
-        }
-    }
-    (checked, violations)
+    let accounts = format!("system:serviceaccount:{namespace}:");
+    audit_single_writer(writes, LEASE, &accounts, bucket_of(namespace))
 }
 
 #[test]
@@ -184,8 +149,6 @@ fn the_audit_check_flags_a_write_outside_the_holders_term() {
         w("endpointslices", &slice, "r0", None),
     ];
     assert_eq!(single_writer(&late, ns).1.len(), 1);
-    assert_eq!(service_of_slice("svc-0-v1-0123abcd-12"), Some("svc-0-v1"));
-    assert_eq!(service_of_slice("svc-0"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,10 @@ impl Bridge {
         let mut args = target.run_args();
         args.push(format!("--listen=127.0.0.1:{port}"));
         args.push("--leader-election=false".into());
+        // A flag in `extra` replaces the default of the same name (clap refuses a flag twice).
+        let flag = |a: &str| a.split('=').next().unwrap_or_default().to_string();
+        let given: Vec<String> = spec.extra.iter().map(|a| flag(a)).collect();
+        args.retain(|a| !given.contains(&flag(a)));
         args.extend(spec.extra.iter().cloned());
         let spawned = Instant::now();
         let proc = block(|| Proc::spawn("etcd-bridge", spec.bin, &args, &log)).unwrap_or_else(

@@ -209,6 +209,42 @@ pub fn section_goals(report: &serde_json::Map<String, Value>) -> Vec<Goal> {
             met: (changes > 0).then_some(writes == changes),
         });
     }
+    if let Some(s) = report.get("shards").filter(|s| s["measured"] == true) {
+        let ratio = s["ratio"].as_f64();
+        out.push(Goal {
+            name: "sharded: every object in place",
+            target: "3 replicas, 3 buckets ≤ 0.5 × 1 replica".into(),
+            measured: format!(
+                "{} registrations: {} s with 1 replica, {} s with 3 ({}×)",
+                count(s["registrations"].as_u64().unwrap_or(0) as usize),
+                s["one_replica_in_place_s"],
+                s["three_replicas_in_place_s"],
+                s["ratio"]
+            ),
+            met: ratio.map(|r| r <= 0.5),
+        });
+        let h = &s["handoff"];
+        let p99 = h["handoff_ms"]["p99_ms"].as_f64();
+        let lease_ms = h["lease_duration_s"].as_f64().unwrap_or(0.0) * 1e3;
+        let bad = h["writes_without_the_bucket"].as_u64();
+        out.push(Goal {
+            name: "sharded: handoff after kill -9",
+            target: "p99 ≤ Lease duration + 1 s, 0 objects written by two replicas".into(),
+            measured: format!(
+                "{} kills, Lease {} s: p50 {} ms, p99 {} ms; {} of {} object writes by a replica not holding the bucket",
+                h["kills"],
+                h["lease_duration_s"],
+                h["handoff_ms"]["p50_ms"],
+                h["handoff_ms"]["p99_ms"],
+                h["writes_without_the_bucket"],
+                h["object_writes_checked"]
+            ),
+            met: match (p99, bad) {
+                (Some(p), Some(b)) => Some(p <= lease_ms + 1000.0 && b == 0 && h["converged"] == true),
+                _ => None,
+            },
+        });
+    }
     if let Some(s) = report.get("health_scale").filter(|s| s["measured"] == true) {
         let cpu = s["bridge_cpu_per_s_on"].as_f64();
         let added = s["vm_hwm_mib_added"].as_f64();

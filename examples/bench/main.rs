@@ -55,6 +55,7 @@ mod memory;
 mod peer;
 mod propagation;
 mod restart;
+mod shards;
 mod writeback;
 mod writeback_scale;
 // The results: goals, table, JSON, plot.
@@ -194,6 +195,7 @@ async fn main() {
             "formats" => formats::section(&mut ctx).await,
             "health" => health::section(&mut ctx).await,
             "health-scale" => health_scale::section(&mut ctx).await,
+            "shards" => shards::section(&mut ctx).await,
             other => unreachable!("options.rs lets only known sections through: {other}"),
         };
         report::finish_only(ctx, &only, result);
@@ -213,6 +215,8 @@ async fn main() {
     ctx.report.insert("health".into(), health);
     let health_scale = health_scale::section(&mut ctx).await;
     ctx.report.insert("health_scale".into(), health_scale);
+    let shards = shards::section(&mut ctx).await;
+    ctx.report.insert("shards".into(), shards);
     let dp = dataplane::section(&mut ctx).await;
     ctx.report.insert("dataplane".into(), dp);
     finish(ctx, import, big, wb, wbs);

@@ -75,7 +75,8 @@ impl Opts {
 }
 
 /// The sections `--only` runs alone.
-pub const ONLY: [&str; 5] = [
+pub const ONLY: [&str; 6] = [
+    "shards",
     "writeback-scale",
     "format-parse",
     "formats",

@@ -238,6 +238,7 @@ pub fn finish_only(mut ctx: Ctx, name: &str, result: Value) {
         "format-parse" => crate::format_parse::brief(&result),
         "formats" => crate::formats::brief(&result),
         "health" => crate::health::brief(&result),
+        "shards" => crate::shards::brief(&result),
         _ => crate::health_scale::brief(&result),
     };
     println!("{brief}");

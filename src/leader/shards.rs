@@ -28,6 +28,8 @@ use tokio::sync::{oneshot, watch};
 pub const ROLE: &str = "etcd-bridge.io/lease-role";
 /// How long a bucket given up stays unpublished before its Lease is released.
 pub const DRAIN: Duration = Duration::from_secs(1);
+/// How long a replica that joins waits, once it is a member, before it takes buckets.
+pub const JOIN: Duration = Duration::from_secs(1);
 
 /// What a replica joins.
 #[derive(Debug, Clone)]
@@ -116,6 +118,15 @@ impl Keeper {
     async fn run(mut self, mut stopped: oneshot::Receiver<()>) {
         let tick =
             (self.spec.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(2));
+        // Replicas of a rollout start within moments of each other: join, then wait a little to
+        // see them, so that the first does not take every bucket only to hand most of them over.
+        if let Err(e) = self.renew_membership().await {
+            tracing::warn!(error = %e, "renewing this replica's membership Lease");
+        }
+        tokio::select! {
+            _ = &mut stopped => return self.leave().await,
+            _ = tokio::time::sleep(JOIN.min(tick)) => {}
+        }
         loop {
             self.round().await;
             tokio::select! {

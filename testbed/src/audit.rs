@@ -72,11 +72,68 @@ pub fn writes(path: &Path, from: u64, namespace: &str) -> Vec<AuditWrite> {
         .collect()
 }
 
+/// The Service an EndpointSlice of the bridge belongs to: its name less `-{8 hex}-{index}`.
+pub fn service_of_slice(slice: &str) -> Option<&str> {
+    let (rest, index) = slice.rsplit_once('-')?;
+    let (service, hash) = rest.rsplit_once('-')?;
+    let ok = !index.is_empty()
+        && index.chars().all(|c| c.is_ascii_digit())
+        && hash.len() == 8
+        && hash.chars().all(|c| c.is_ascii_hexdigit());
+    ok.then_some(service)
+}
+
+/// Sharded leadership, checked from the log: every successful write of an object in a bucket
+/// (`bucket_of`) by a replica (a user named `{accounts}{identity}`) must come while the last
+/// write of that bucket's Lease (`{lease_base}-{bucket}`) named that replica as its holder (a
+/// take or a renewal; a release names none). Returns (writes checked, the writes made without
+/// holding the bucket).
+pub fn single_writer(
+    writes: &[AuditWrite],
+    lease_base: &str,
+    accounts: &str,
+    bucket_of: impl Fn(&AuditWrite) -> Option<u32>,
+) -> (usize, Vec<String>) {
+    let mut holder: std::collections::BTreeMap<u32, Option<String>> = Default::default();
+    let mut checked = 0;
+    let mut violations = Vec::new();
+    let lease_prefix = format!("{lease_base}-");
+    for w in writes.iter().filter(|w| (200..300).contains(&w.code)) {
+        if w.resource == "leases" {
+            let b = w.name.strip_prefix(&lease_prefix);
+            if let Some(b) = b.and_then(|b| b.parse::<u32>().ok()) {
+                holder.insert(b, w.lease_holder.clone());
+            }
+            continue;
+        }
+        let Some(bucket) = bucket_of(w) else { continue };
+        let Some(replica) = w.user.strip_prefix(accounts) else {
+            continue; // not a replica's write (the test's own, as admin)
+        };
+        checked += 1;
+        let held_by = holder.get(&bucket).cloned().flatten();
+        if held_by.as_deref() != Some(replica) {
+            violations.push(format!(
+                "{} {}/{} by {replica} while bucket {bucket} was held by {held_by:?}",
+                w.verb, w.resource, w.name
+            ));
+        }
+    }
+    (checked, violations)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const LINE: &str = r#"{"stage":"ResponseComplete","verb":"patch","objectRef":{"namespace":"ns","resource":"services","name":"a"},"user":{"username":"u"},"userAgent":"x","responseStatus":{"code":200}}"#;
+
+    #[test]
+    fn slice_names_map_back_to_their_service() {
+        assert_eq!(service_of_slice("svc-0-v1-0123abcd-12"), Some("svc-0-v1"));
+        assert_eq!(service_of_slice("svc-0"), None);
+        assert_eq!(service_of_slice("svc-0123abcd-"), None);
+    }
 
     #[test]
     fn writes_after_the_mark_are_read() {

@@ -389,7 +389,10 @@ pub fn bridge_user(namespace: &str) -> String {
 }
 
 #[allow(unused_imports)] // not every test binary counts writes
-pub use etcd_bridge_testbed::audit::{AuditWrite, mark as audit_mark, writes as audit_writes};
+pub use etcd_bridge_testbed::audit::{
+    AuditWrite, mark as audit_mark, service_of_slice, single_writer as audit_single_writer,
+    writes as audit_writes,
+};
 
 /// The writes among `writes` that change Services or EndpointSlices (not Leases, not Events).
 pub fn object_writes(writes: &[AuditWrite]) -> Vec<AuditWrite> {
