@@ -39,6 +39,7 @@ pub async fn section(ctx: &mut Ctx) -> Value {
         create_namespace(&ctx.client, &ns).await;
         let tracker = Tracker::start(ctx.client.clone(), &ns, BRIDGE_OWNED);
         tracker.synced().await;
+        let cpu = ctx.cpu.mark(None);
         let started = Instant::now();
         let mut bridges: Vec<Bridge> = (0..replicas)
             .map(|r| {
@@ -67,6 +68,12 @@ pub async fn section(ctx: &mut Ctx) -> Value {
             &label,
         )
         .await;
+        // Where the time goes: the control plane's CPU, and each replica's (started in the phase).
+        let components = ctx.cpu.since(&cpu, None);
+        let bridge_cpu: Vec<Value> = (bridges.iter())
+            .map(|b| r3(crate::cpu::cpu_secs(b.proc.pid(), ctx.cpu.tck)))
+            .collect();
+        progress(&format!("CPU: {components}; bridges {bridge_cpu:?} s"));
         let hwm: Vec<Option<f64>> = bridges.iter().map(|b| b.rss_mib().0).collect();
         progress(&format!(
             "{label}: every object in place after {}; VmHWM per replica {:?} MiB",
@@ -85,7 +92,11 @@ pub async fn section(ctx: &mut Ctx) -> Value {
             stop_bridge(&mut ctx.anomalies, b, &format!("shards {label} #{r}"));
         }
         note_log_warnings(ctx, &format!("shards {label}"), &log);
-        runs.push((in_place, hwm));
+        runs.push((
+            in_place,
+            hwm,
+            json!({"components": components, "bridges_cpu_s": bridge_cpu}),
+        ));
     }
     let (one, three) = (runs[0].0, runs[1].0);
     let ratio = match (one, three) {
@@ -107,6 +118,8 @@ pub async fn section(ctx: &mut Ctx) -> Value {
         "ratio": r3(ratio),
         "one_replica_vm_hwm_mib": runs[0].1.iter().map(|h| r3(*h)).collect::<Vec<_>>(),
         "three_replicas_vm_hwm_mib": runs[1].1.iter().map(|h| r3(*h)).collect::<Vec<_>>(),
+        "one_replica_cpu": runs[0].2,
+        "three_replicas_cpu": runs[1].2,
         "handoff": handoff,
     })
 }
