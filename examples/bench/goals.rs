@@ -209,6 +209,35 @@ pub fn section_goals(report: &serde_json::Map<String, Value>) -> Vec<Goal> {
             met: (changes > 0).then_some(writes == changes),
         });
     }
+    if let Some(s) = report.get("sources").filter(|s| s["measured"] == true) {
+        let p = |k: &str, q: &str| s[k][q].as_f64();
+        // Within noise: at most 1.5 × the figure with both answering, plus 2 ms.
+        let within = |q: &str| match (
+            p("both_answering", q),
+            p("other_frozen", q),
+            p("other_seen_down", q),
+        ) {
+            (Some(b), Some(f), Some(d)) => Some(f <= b * 1.5 + 2.0 && d <= b * 1.5 + 2.0),
+            _ => None,
+        };
+        out.push(Goal {
+            name: "two registries, one frozen",
+            target: "the other's propagation p50/p99 unchanged (≤ 1.5× + 2 ms)".into(),
+            measured: format!(
+                "PUT → Service p50/p99: {}/{} ms both answering, {}/{} ms the other frozen, {}/{} ms the other seen down",
+                s["both_answering"]["p50_ms"],
+                s["both_answering"]["p99_ms"],
+                s["other_frozen"]["p50_ms"],
+                s["other_frozen"]["p99_ms"],
+                s["other_seen_down"]["p50_ms"],
+                s["other_seen_down"]["p99_ms"]
+            ),
+            met: match (within("p50_ms"), within("p99_ms")) {
+                (Some(a), Some(b)) => Some(a && b),
+                _ => None,
+            },
+        });
+    }
     if let Some(s) = report.get("shards").filter(|s| s["measured"] == true) {
         let ratio = s["ratio"].as_f64();
         out.push(Goal {

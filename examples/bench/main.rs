@@ -56,6 +56,7 @@ mod peer;
 mod propagation;
 mod restart;
 mod shards;
+mod sources;
 mod writeback;
 mod writeback_scale;
 // The results: goals, table, JSON, plot.
@@ -196,6 +197,7 @@ async fn main() {
             "health" => health::section(&mut ctx).await,
             "health-scale" => health_scale::section(&mut ctx).await,
             "shards" => shards::section(&mut ctx).await,
+            "sources" => sources::section(&mut ctx).await,
             other => unreachable!("options.rs lets only known sections through: {other}"),
         };
         report::finish_only(ctx, &only, result);
@@ -215,6 +217,8 @@ async fn main() {
     ctx.report.insert("health".into(), health);
     let health_scale = health_scale::section(&mut ctx).await;
     ctx.report.insert("health_scale".into(), health_scale);
+    let sources = sources::section(&mut ctx).await;
+    ctx.report.insert("sources".into(), sources);
     let shards = shards::section(&mut ctx).await;
     ctx.report.insert("shards".into(), shards);
     let dp = dataplane::section(&mut ctx).await;

@@ -75,8 +75,9 @@ impl Opts {
 }
 
 /// The sections `--only` runs alone.
-pub const ONLY: [&str; 6] = [
+pub const ONLY: [&str; 7] = [
     "shards",
+    "sources",
     "writeback-scale",
     "format-parse",
     "formats",
@@ -135,6 +136,8 @@ pub struct Sizes {
     pub probe_endpoints: usize,
     pub probe_interval: Duration,
     pub probe_window: Duration,
+    /// Two registries, one frozen: PUTs per phase.
+    pub sources_changes: usize,
     pub settle: Duration,
     pub drain: Duration,
     pub converge_timeout: Duration,
@@ -180,6 +183,7 @@ impl Sizes {
                 probe_endpoints: 60,
                 probe_interval: Duration::from_millis(500),
                 probe_window: Duration::from_secs(1),
+                sources_changes: 5,
                 settle: Duration::from_secs(1),
                 drain: Duration::from_secs(15),
                 converge_timeout: Duration::from_secs(60),
@@ -221,6 +225,7 @@ impl Sizes {
                 probe_endpoints: 10_000,
                 probe_interval: Duration::from_secs(5),
                 probe_window: Duration::from_secs(20),
+                sources_changes: 100,
                 settle: Duration::from_secs(3),
                 drain: Duration::from_secs(20),
                 converge_timeout: Duration::from_secs(180),

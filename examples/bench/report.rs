@@ -239,6 +239,7 @@ pub fn finish_only(mut ctx: Ctx, name: &str, result: Value) {
         "formats" => crate::formats::brief(&result),
         "health" => crate::health::brief(&result),
         "shards" => crate::shards::brief(&result),
+        "sources" => crate::sources::brief(&result),
         _ => crate::health_scale::brief(&result),
     };
     println!("{brief}");
