@@ -635,3 +635,75 @@ async fn the_flags_registry_expires_after_stale_after_too() {
     converged(&apis, "alpha", &["10.79.0.1"], WAIT).await;
     assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(0.0));
 }
+
+/// Two replicas with leader election: only the leader writes the EtcdSource status; when it dies,
+/// the standby leads and the status keeps following the source. Each replica runs as a
+/// ServiceAccount of its own, so the audit log says who wrote each status.
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_writes_status_and_the_standby_takes_over() {
+    let a = private_etcd("sources-ha-a");
+    let b = private_etcd("sources-ha-b");
+    let scope = Scope::with_registry("sourcesha", &a.endpoint());
+    install_crd(&scope);
+    scope.bridge_kubeconfig(); // the Role etcd-bridge
+    scope.apply(SOURCES_ROLE);
+    let replicas = ["r0", "r1"];
+    for sa in replicas {
+        scope.apply(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge}}\nsubjects:\n- {{kind: ServiceAccount, name: {sa}}}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa}-sources}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge-sources}}\nsubjects:\n- {{kind: ServiceAccount, name: {sa}}}\n"
+        ));
+    }
+    source(&scope, "region-b", &b.endpoint(), "");
+    let audit = scope.bed.cluster.audit_log();
+    let from = audit_mark(&audit);
+    let start = |id: &str| {
+        let path = scope
+            .bed
+            .dir
+            .join(format!("{}-{id}.kubeconfig", scope.namespace));
+        let kubeconfig = (scope.bed.cluster)
+            .service_account_kubeconfig(&scope.namespace, id, &path)
+            .expect("TokenRequest for a replica");
+        let identity = format!("--identity={id}");
+        scope.bridge(
+            &kubeconfig,
+            &["--sources=true", "--lease-duration=3s", identity.as_str()],
+        )
+    };
+    let mut leader = start("r0");
+    leader.leading(WAIT).await;
+    let mut standby = start("r1");
+    standby.ready(WAIT).await;
+    let mut eb = connect(&b.endpoint()).await;
+    let p = scope.prefix.clone();
+    put(&mut eb, &p, "beta", "10.77.1.1:80").await;
+    let keys = |n: &'static str| {
+        let scope = &scope;
+        move || async move { (status(scope, "region-b", "{.status.keys}") == n).then_some(()) }
+    };
+    eventually("region-b's status counting 1 key", WAIT, keys("1")).await;
+
+    leader.proc.kill();
+    let killed = Instant::now();
+    put(&mut eb, &p, "gamma", "10.77.1.2:80").await;
+    standby.leading(WAIT).await;
+    eventually("region-b's status counting 2 keys", WAIT, keys("2")).await;
+    eprintln!(
+        "figures: leader killed -> the standby's status write counted the new key after {:?} (Lease 3 s)",
+        killed.elapsed()
+    );
+
+    let writers: Vec<String> = audit_writes(&audit, from, &scope.namespace)
+        .into_iter()
+        .filter(|w| w.resource == "etcdsources" && (200..300).contains(&w.code))
+        .map(|w| w.user.rsplit(':').next().unwrap_or_default().to_owned())
+        .collect();
+    let mut runs: Vec<&str> = writers.iter().map(String::as_str).collect();
+    runs.dedup();
+    assert_eq!(
+        runs,
+        ["r0", "r1"],
+        "status written by the leader only, then by the new leader: {writers:?}"
+    );
+    standby.stop();
+}
