@@ -364,3 +364,77 @@ async fn a_restarted_bridge_keeps_a_failed_endpoint_not_ready() {
     servers[0].proc.signal("USR2");
     shows(&apis, "orders-v1", &want.map(|(a, _)| (a, READY))).await;
 }
+
+/// The leader change with a standby running: the standby keeps its cache warm but
+/// probes nothing; when the leader is killed it leads from what the slices show, so the endpoint
+/// that is not serving stays not ready through the handover, and nothing is written for it.
+#[tokio::test]
+async fn a_killed_leaders_standby_takes_over_without_flapping_conditions() {
+    let scope = Scope::new("health-failover");
+    let (ns, ips) = netns(3);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(&mut etcd, &scope.prefix, "orders", "v1", &s.addr(), 1, 600).await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let flags: Vec<&str> = PROBE_FLAGS
+        .iter()
+        .copied()
+        .chain(["--lease-duration=3s"])
+        .collect();
+    let mut leader = scope.bridge(&kubeconfig, &flags);
+    leader.leading(WAIT).await;
+    let mut standby = scope.bridge(&kubeconfig, &flags);
+    standby.ready(WAIT).await;
+    assert_eq!(
+        standby.metric("etcd_bridge_leader"),
+        Some(0.0),
+        "the second bridge is the standby"
+    );
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    servers[0].proc.signal("USR1");
+    let want = [
+        (servers[0].ip.as_str(), DOWN),
+        (servers[1].ip.as_str(), READY),
+        (servers[2].ip.as_str(), READY),
+    ];
+    shows(&apis, "orders-v1", &want).await;
+
+    let mark = audit_mark(&scope.bed.cluster.audit_log());
+    leader.proc.kill();
+    let killed = Instant::now();
+    let mut led_after = None;
+    // Through the Lease's expiry and eight probe intervals of the new leader.
+    while led_after.is_none() || killed.elapsed() < led_after.unwrap() + INTERVAL * 8 {
+        assert!(
+            killed.elapsed() < WAIT,
+            "the standby never led\n{}",
+            standby.log()
+        );
+        if led_after.is_none() && standby.metric("etcd_bridge_leader") == Some(1.0) {
+            led_after = Some(killed.elapsed());
+        }
+        let now = conditions(&apis, "orders-v1").await.unwrap_or_default();
+        let want: BTreeMap<String, Flags> = want.iter().map(|(a, f)| (a.to_string(), *f)).collect();
+        assert_eq!(now, want, "flapped during the handover\n{}", standby.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "figures: leader killed -> standby led after {:?} (Lease 3 s); conditions held for {:?} after",
+        led_after.unwrap(),
+        INTERVAL * 8
+    );
+    assert_eq!(
+        slice_writes(&scope, mark),
+        0,
+        "nothing written through the handover"
+    );
+    // The new leader probes: the server's recovery shows.
+    servers[0].proc.signal("USR2");
+    let took = shows(&apis, "orders-v1", &want.map(|(a, _)| (a, READY))).await;
+    eprintln!("figures: SERVING again -> ready {took:?} after, under the new leader");
+}
