@@ -28,7 +28,7 @@ rules:
 - apiGroups: [""]
   resources: [secrets]
   resourceNames: [etcd-b]
-  verbs: [get]
+  verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -562,7 +562,7 @@ async fn a_source_connects_with_the_tls_client_certificate_of_its_secret() {
             .map(|(k, p)| format!("--from-file={k}={}", p.display())),
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    scope.kubectl(&args);
+    // The source first, its Secret not there yet: the source is refused until it comes.
     source(
         &scope,
         "secured",
@@ -571,6 +571,16 @@ async fn a_source_connects_with_the_tls_client_certificate_of_its_secret() {
     );
     let mut bridge = scope.bridge(&kubeconfig, &["--sources=true"]);
     bridge.ready(WAIT).await;
+    eventually(
+        "the source refused for its missing Secret",
+        WAIT,
+        || async {
+            status(&scope, "secured", "{.status.conditions}")
+                .contains("etcd-b")
+                .then_some(())
+        },
+    )
+    .await;
 
     let read = |p: &Path| std::fs::read(p).unwrap();
     let tls = TlsOptions::new()
@@ -587,7 +597,16 @@ async fn a_source_connects_with_the_tls_client_certificate_of_its_secret() {
     .expect("connect with the client certificate");
     put(&mut etcd, &scope.prefix, "vault", "10.78.0.1:443").await;
     let apis = Apis::new(scope.kube().await, &scope.namespace);
+    // The Secret is watched by name: the source starts at once, not at the next 30 s re-read.
+    scope.kubectl(&args);
+    let created = Instant::now();
     converged(&apis, "vault", &["10.78.0.1"], WAIT).await;
+    let took = created.elapsed();
+    eprintln!("figures: Secret created -> the source's Service in place after {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the Secret was not watched: {took:?} (re-read every 30 s)"
+    );
     assert_eq!(
         label(
             &apis.services.get("vault").await.unwrap(),

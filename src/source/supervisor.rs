@@ -4,9 +4,10 @@
 //! through the same channel as the watchers, so a source's `Update::Source` always comes before
 //! its keys, and its `Update::SourceGone` after the last of them.
 //!
-//! Secrets are read again every [`SECRET_POLL`] and at every change of an object: RBAC grants
-//! the bridge only the Secrets sources name (resourceNames), which cannot be listed or watched
-//! as a set.
+//! Secrets are watched one by one, by name (a watch with a `metadata.name` field selector, which
+//! RBAC's resourceNames allows: the bridge may read only the Secrets sources name, never the
+//! set), so a rotated credential is used at once. They are also read again every [`SECRET_POLL`]
+//! and at every change of an object, in case a watch is refused or broken.
 
 use super::crd::EtcdSource;
 use super::publish::Publisher;
@@ -15,12 +16,13 @@ use super::status::Reports;
 use crate::etcd::Update;
 use crate::metrics::Metrics;
 use futures::StreamExt;
+use futures::stream::{BoxStream, SelectAll};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -30,6 +32,46 @@ use tracing::Instrument;
 
 /// How often the Secrets of sources are read again.
 pub const SECRET_POLL: Duration = Duration::from_secs(30);
+
+/// A watch of each Secret the sources name, yielding its name at each change.
+#[derive(Default)]
+struct SecretWatches {
+    names: BTreeSet<String>,
+    streams: SelectAll<BoxStream<'static, String>>,
+}
+
+impl SecretWatches {
+    /// Watches exactly `names` (rebuilt when the set changes: a new watch first lists its Secret,
+    /// which costs one more read of them all).
+    fn follow(&mut self, client: &Client, namespace: &str, names: BTreeSet<String>) {
+        if names == self.names {
+            return;
+        }
+        self.streams = SelectAll::new();
+        for name in &names {
+            let api: Api<KubeSecret> = Api::namespaced(client.clone(), namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let name = name.clone();
+            let stream = watcher(api, config)
+                .default_backoff()
+                .filter_map(move |ev| {
+                    let name = name.clone();
+                    async move {
+                        match ev {
+                            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(name),
+                            Ok(_) => None,
+                            Err(e) => {
+                                tracing::debug!(secret = %name, error = %e, "cannot watch this Secret (the bridge may read it only with get and watch on its name); it is read again every 30 s");
+                                None
+                            }
+                        }
+                    }
+                });
+            self.streams.push(stream.boxed());
+        }
+        self.names = names;
+    }
+}
 
 /// Why each EtcdSource object is not used, by name; its status says so.
 pub type Refused = BTreeMap<SourceName, String>;
@@ -95,10 +137,15 @@ impl Supervisor {
         // The objects' names and generations at the last apply: a change of status only (our
         // own writes) needs no new resolution, nor another read of every Secret.
         let mut applied: Vec<(String, Option<i64>)> = Vec::new();
+        let mut secrets = SecretWatches::default();
         loop {
             let mut poll_due = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(name) = secrets.streams.next() => {
+                    tracing::debug!(secret = %name, "a Secret a source names changed");
+                    poll_due = true;
+                }
                 ev = stream.next() => match ev {
                     Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
                     Some(Ok(watcher::Event::InitDone)) => {
@@ -139,6 +186,10 @@ impl Supervisor {
             if poll_due || now != applied {
                 self.apply(&store).await;
                 applied = now;
+                let named = (store.state().iter())
+                    .filter_map(|o| o.spec.secret_ref.as_ref().map(|r| r.name.clone()))
+                    .collect();
+                secrets.follow(&self.client, &self.namespace, named);
             }
             self.write_status(&store).await;
         }

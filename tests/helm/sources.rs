@@ -55,7 +55,12 @@ async fn sources_render_the_crd_the_flag_and_a_role_for_the_named_secrets_only()
             &[],
             &["get", "patch", "update"],
         ),
-        rule("", "secrets", &["etcd-eu", "etcd-us"], &["get"]),
+        rule(
+            "",
+            "secrets",
+            &["etcd-eu", "etcd-us"],
+            &["get", "list", "watch"],
+        ),
     ];
     assert_eq!(rules(role), want.into_iter().collect());
     let binding = of_kind(&docs, "RoleBinding")
