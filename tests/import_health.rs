@@ -2,7 +2,8 @@
 //! (`tests/go/cmd/healthserver`), toggled SERVING and NOT_SERVING, SIGSTOPped and killed, and the
 //! EndpointSlice conditions following them; a weight-0 registration draining; the panic guard
 //! holding a Service whose servers mostly stop at once; a restarted bridge keeping what its
-//! slices show.
+//! slices show; and `--probe-mode=tcp` following a server killed and restarted, but not one
+//! SIGSTOPped (its kernel still accepts).
 //!
 //! Traffic stays on this machine: the servers listen on addresses this test assigns inside a
 //! network namespace it creates (`ip netns add`, a veth pair, 10.231.N.0/24: the test bed's
@@ -56,10 +57,13 @@ impl Server {
         });
         let args = ns.exec_args(bin, &[format!("-listen={ip}:{PORT}")]);
         // `ip netns exec` execs the server: the pid is the server's, so signals reach it.
+        // A restarted server appends to the same log: wait for one more "serving on".
+        let started = |text: &str| text.matches("serving on").count();
+        let before = started(&std::fs::read_to_string(&log).unwrap_or_default());
         let mut proc = Proc::spawn("healthserver", Path::new("ip"), &args, &log)
             .unwrap_or_else(|e| panic!("start a health server: {e}"));
         let deadline = Instant::now() + WAIT;
-        while !proc.full_log().contains("serving on") {
+        while started(&proc.full_log()) <= before {
             assert!(
                 proc.is_running() && Instant::now() < deadline,
                 "the health server on {ip} did not start\n{}",
@@ -363,6 +367,103 @@ async fn a_restarted_bridge_keeps_a_failed_endpoint_not_ready() {
     // It does probe: the server's recovery shows.
     servers[0].proc.signal("USR2");
     shows(&apis, "orders-v1", &want.map(|(a, _)| (a, READY))).await;
+}
+
+#[tokio::test]
+async fn tcp_mode_follows_a_server_killed_and_restarted_but_not_one_stopped() {
+    let scope = Scope::new("health-tcp");
+    let (ns, ips) = netns(2);
+    let mut servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(&mut etcd, &scope.prefix, "ledger", "v1", &s.addr(), 1, 600).await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let flags: Vec<&str> = PROBE_FLAGS
+        .iter()
+        .copied()
+        .chain(["--probe-mode=tcp"])
+        .collect();
+    let mut bridge = scope.bridge(&kubeconfig, &flags);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let both = |first: Flags| [(ips[0].as_str(), first), (ips[1].as_str(), READY)];
+    shows(&apis, "ledger-v1", &both(READY)).await;
+    eventually("2 endpoints probed serving", WAIT, || async {
+        (bridge.metric(r#"etcd_bridge_probed_endpoints{state="serving"}"#) == Some(2.0))
+            .then_some(())
+    })
+    .await;
+    let outcome = |o: &str| {
+        bridge
+            .metric(&format!(r#"etcd_bridge_probes_total{{outcome="{o}"}}"#))
+            .unwrap_or(0.0)
+    };
+
+    // The mode's limit: a SIGSTOPped server's kernel still completes the handshake, so a TCP
+    // check passes where a gRPC one times out (the first test above). Six intervals, still ready.
+    let serving_before = outcome("serving");
+    servers[0].proc.signal("STOP");
+    let until = Instant::now() + INTERVAL * 6;
+    while Instant::now() < until {
+        let now = conditions(&apis, "ledger-v1").await.unwrap_or_default();
+        assert_eq!(
+            now.get(ips[0].as_str()),
+            Some(&READY),
+            "a stopped server still accepts TCP: {now:?}\n{}",
+            bridge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        outcome("serving") >= serving_before + 6.0,
+        "the stopped server's checks kept passing: {} -> {}",
+        serving_before,
+        outcome("serving")
+    );
+    assert_eq!(
+        outcome("timed_out"),
+        0.0,
+        "TCP checks never wait on the server"
+    );
+    servers[0].proc.signal("CONT");
+
+    // Killed: its port closes, connections are refused, and after the failure threshold (2) the
+    // endpoint is neither ready nor serving.
+    assert_eq!(outcome("unreachable"), 0.0);
+    servers[0].proc.kill();
+    let down = shows(&apis, "ledger-v1", &both(DOWN)).await;
+    let refused = outcome("unreachable");
+    assert!(
+        refused >= 2.0,
+        "not ready only after 2 refused connections, saw {refused}"
+    );
+    assert!(
+        down <= INTERVAL * 2 + Duration::from_secs(1),
+        "kill -> not ready in {down:?}"
+    );
+
+    // Restarted on the same address: one accepted connection (success threshold 1) and it is
+    // ready again.
+    let restarted = Instant::now();
+    servers[0] = Server::start(&scope, &ns, &ips[0]);
+    let starting = restarted.elapsed();
+    let up = shows(&apis, "ledger-v1", &both(READY)).await;
+    eprintln!(
+        "TCP mode (interval {INTERVAL:?}, failure threshold 2): SIGKILL -> not ready in {} ms; \
+         restarted server listening -> ready in {} ms (+{} ms for it to start); \
+         SIGSTOPped: ready throughout",
+        down.as_millis(),
+        up.as_millis(),
+        starting.as_millis()
+    );
+    assert!(
+        up <= INTERVAL + Duration::from_secs(1),
+        "restart -> ready in {up:?}"
+    );
 }
 
 /// The issue's leader change with a standby running: the standby keeps its cache warm but

@@ -2,12 +2,15 @@
 //! Kubernetes registers itself in etcd; the bridge imports it; a pod calls it the way a user's
 //! gRPC client would, by its cluster DNS name (`dns:///NAME.NS.svc.cluster.local:PORT`, grpc-go's
 //! own resolver, through CoreDNS) or through the Service's ClusterIP (kube-proxy); and when the
-//! registration goes, the name and kube-proxy's rules go with it.
+//! registration goes, the name and kube-proxy's rules go with it; and with `--probe`, a server
+//! that says NOT_SERVING leaves the headless name's answer until it serves again (CoreDNS answers
+//! with ready endpoints only).
 //!
 //! - The servers run in network namespaces of their own beside the node
 //!   (`testbed/src/outside.rs`), on addresses the test assigns there; pods reach them through the
-//!   node, the servers reach etcd through a relay on the host. Nothing is sent to an address this
-//!   machine does not own.
+//!   node, the servers reach etcd through a relay on the host, and the bridge's prober on the host
+//!   reaches them through the host link (`Outside::route_from_host`). Nothing is sent to an
+//!   address this machine does not own.
 //! - The bridge runs as a host process with a ServiceAccount token, as the other integration tests
 //!   run it: the chart's pods are proven on this node by tests/node_helm.rs, and what is under test
 //!   here is what CoreDNS and kube-proxy do with the objects the bridge writes, wherever it runs.
@@ -21,6 +24,7 @@ mod common;
 
 use common::*;
 use etcd_bridge_testbed::grpc_tools::{self, Call, GrpcTools, ToolsPod};
+use etcd_bridge_testbed::netns::healthserver;
 use etcd_bridge_testbed::node_network::GUARD_COMMENT;
 use etcd_bridge_testbed::outside::Outside;
 use etcd_bridge_testbed::{Node, TestBed};
@@ -84,6 +88,35 @@ impl Machine {
         }
     }
 
+    /// Starts `tests/go/cmd/healthserver` on this machine's address, port `port` (SIGUSR1: NOT_SERVING,
+    /// SIGUSR2: SERVING); it does not register itself. The host gets a route to the address, so
+    /// the bridge's prober reaches it through the host link.
+    fn health_server(&self, port: u16) -> (Proc, String) {
+        let addr = format!("{}:{port}", self.outside.plan.ip());
+        let bin = healthserver().unwrap_or_else(|e| panic!("build the health server: {e}"));
+        self.outside
+            .route_from_host()
+            .unwrap_or_else(|e| panic!("route the outside's address from the host: {e}"));
+        let mut proc = self
+            .outside
+            .spawn(
+                &format!("healthserver-{port}"),
+                bin,
+                &[format!("-listen={addr}")],
+            )
+            .unwrap_or_else(|e| panic!("start the health server: {e}"));
+        let deadline = Instant::now() + WAIT;
+        while !proc.full_log().contains("serving on") {
+            assert!(
+                proc.is_running() && Instant::now() < deadline,
+                "the health server on {addr} did not start\n{}",
+                proc.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (proc, addr)
+    }
+
     /// Starts the seed-style server on this machine's address, port `port`, registering itself
     /// under the scope's prefix as `name`/`version` with a lease of `ttl` seconds; returns once its
     /// key is in etcd, with the address it registered.
@@ -127,21 +160,24 @@ impl Machine {
     }
 }
 
+/// A client pod in the scope's namespace.
+fn client_pod(scope: &Scope, tools: &GrpcTools) -> ToolsPod {
+    ToolsPod::start(
+        &TestBed::shared().cluster,
+        &scope.namespace,
+        "client",
+        &tools.image,
+        "app: client",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", node().logs_tail(15)))
+}
+
 /// A test's namespace and prefix, its bridge, and a client pod.
 async fn setup(base: &str, bridge_flags: &[&str]) -> (Scope, Bridge, ToolsPod) {
     let tools = blocking(tools);
     let scope = Scope::new(base);
-    let pod = blocking(|| {
-        ToolsPod::start(
-            &TestBed::shared().cluster,
-            &scope.namespace,
-            "client",
-            &tools.image,
-            "app: client",
-            &[],
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", node().logs_tail(15)));
+    let pod = blocking(|| client_pod(&scope, tools));
     let kubeconfig = scope.bridge_kubeconfig();
     let mut bridge = scope.bridge(&kubeconfig, bridge_flags);
     bridge.ready(WAIT).await;
@@ -393,4 +429,132 @@ async fn with_headless_false_a_pod_reaches_the_server_through_the_cluster_ip_unt
     );
     assert!(server.is_running(), "{}", server.log_tail(20));
     server.stop(Duration::from_secs(10));
+}
+
+/// (address, ready, serving) of each endpoint of Service `service`, with the API's defaults,
+/// sorted by address.
+async fn conditions(apis: &Apis, service: &str) -> Vec<(String, bool, bool)> {
+    let mut all: Vec<_> = try_slices_of(&apis.slices, service)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .map(|e| {
+            let c = e.conditions.clone().unwrap_or_default();
+            let ready = c.ready.unwrap_or(true);
+            (e.addresses.join(","), ready, c.serving.unwrap_or(ready))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_services_dns_answer_drops_a_server_that_is_not_serving_until_it_serves() {
+    let tools = blocking(tools);
+    let scope = Scope::new("dp-probe");
+    let pod = blocking(|| client_pod(&scope, tools));
+    // Declared before the bridge, so dropped after it: nothing probes an address whose route
+    // has gone (and the host blackholes the range then anyway).
+    let one = blocking(|| Machine::start(&scope, "outside-1"));
+    let two = blocking(|| Machine::start(&scope, "outside-2"));
+    let (first, first_addr) = blocking(|| one.health_server(50051));
+    let (mut second, second_addr) = blocking(|| two.health_server(50051));
+    let ips = [
+        one.outside.plan.ip().to_string(),
+        two.outside.plan.ip().to_string(),
+    ];
+    let mut etcd = scope.etcd().await;
+    for addr in [&first_addr, &second_addr] {
+        register(&mut etcd, &scope.prefix, "catalog", "v1", addr, 1, 600).await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(
+        &kubeconfig,
+        &[
+            "--probe=catalog",
+            "--probe-interval=500ms",
+            "--probe-timeout=250ms",
+            "--probe-failure-threshold=2",
+        ],
+    );
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    eventually("both endpoints probed serving", WAIT, || async {
+        (bridge.metric(r#"etcd_bridge_probed_endpoints{state="serving"}"#) == Some(2.0))
+            .then_some(())
+    })
+    .await;
+
+    // Both addresses in the headless Service's answer.
+    let target = dns_target(&scope, "catalog-v1", 50051);
+    let mut both = ips.to_vec();
+    both.sort();
+    blocking(|| {
+        call_until(&pod, &target, "both servers in DNS", |c| {
+            let mut r = c.resolved.clone();
+            r.sort();
+            r == both
+        })
+    });
+
+    // The first says NOT_SERVING: the bridge writes its endpoint not ready, and CoreDNS, which
+    // answers a headless name with ready endpoints only, stops returning it.
+    let slice_apis = Apis::new(scope.kube().await, &scope.namespace);
+    let toggled = Instant::now();
+    first.signal("USR1");
+    let slice = tokio::spawn({
+        let apis = slice_apis;
+        let service = "catalog-v1".to_string();
+        let mut want = vec![(ips[0].clone(), false, false), (ips[1].clone(), true, true)];
+        want.sort();
+        async move {
+            eventually("the slice showing the first not ready", WAIT, || async {
+                (conditions(&apis, &service).await == want).then_some(())
+            })
+            .await;
+            toggled.elapsed()
+        }
+    });
+    let call = blocking(|| {
+        call_until(&pod, &target, "the NOT_SERVING server gone from DNS", |c| {
+            c.resolved == [ips[1].clone()]
+        })
+    });
+    let gone = toggled.elapsed();
+    let in_slice = slice.await.expect("the slice poll");
+    assert!(call.serving, "the other server answers: {}", call.output);
+    assert_eq!(call.peer.as_deref(), Some(second_addr.as_str()));
+    // It stays out while it says NOT_SERVING (a few lookups, over 4 probe intervals).
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let call = blocking(|| pod.call(&target));
+        assert_eq!(call.resolved, [ips[1].clone()], "{}", call.output);
+    }
+
+    // SERVING again: back in the answer.
+    let restored = Instant::now();
+    first.signal("USR2");
+    blocking(|| {
+        call_until(&pod, &target, "the server back in DNS", |c| {
+            let mut r = c.resolved.clone();
+            r.sort();
+            r == both
+        })
+    });
+    let back = restored.elapsed();
+    eprintln!(
+        "probe interval 500 ms, failure threshold 2: NOT_SERVING -> slice not ready in {} ms, \
+         -> gone from the pod's DNS answer in {} ms; SERVING -> back in DNS in {} ms \
+         (DNS figures include one kubectl exec per lookup)",
+        in_slice.as_millis(),
+        gone.as_millis(),
+        back.as_millis()
+    );
+    let ready: Vec<_> = both.iter().map(|ip| (ip.clone(), true, true)).collect();
+    assert_eq!(conditions(&apis, "catalog-v1").await, ready);
+    assert!(second.is_running(), "{}", second.log_tail(20));
+    // The bridge first: nothing probes the outsides' addresses once they go.
+    drop(bridge);
+    second.stop(Duration::from_secs(5));
 }

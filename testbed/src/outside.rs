@@ -14,9 +14,11 @@
 //!   the node (its pod CIDR is masqueraded to 10.253.I.1, and routed back by the outside's route
 //!   to the pod CIDR otherwise), directly or after kube-proxy's DNAT of a ClusterIP;
 //! - the host link carries the server's own traffic to etcd, through a [`Relay`] on the host's side
-//!   (etcd listens on the host's loopback only).
+//!   (etcd listens on the host's loopback only), and, once [`Outside::route_from_host`] is called,
+//!   a host process's traffic to the servers (the bridge's health probes).
 //!
-//! Nothing is changed on the host but one veth pair (its IP forwarding stays as it is) and in the
+//! Nothing is changed on the host but one veth pair (its IP forwarding stays as it is; with
+//! [`Outside::route_from_host`], a route over it and a blackhole for [`SERVERS_RANGE`]) and in the
 //! node but the other. Dropping an [`Outside`] deletes both links; when the test process dies
 //! instead, the watchdogs end the processes in the namespace and the kernel frees it with its links.
 
@@ -28,6 +30,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+/// Every outside's server address ([`OutsidePlan::ip`]) is in this range: nothing on the host
+/// routes it but [`Outside::route_from_host`].
+pub const SERVERS_RANGE: &str = "10.253.0.0/16";
 
 /// The addresses of the outside machine number `index`: two /30s, one per link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +65,18 @@ impl OutsidePlan {
     /// The node link's interface in the node.
     pub fn node_interface(&self) -> String {
         format!("out-{}", self.index)
+    }
+
+    /// The host's route to the servers' address, through the host link: `ip route replace
+    /// ARGS...` on the host.
+    pub fn host_route(&self) -> [String; 5] {
+        [
+            format!("{}/32", self.ip()),
+            "via".into(),
+            self.host_link_ip().to_string(),
+            "dev".into(),
+            self.host_interface(),
+        ]
     }
 
     /// The set-up inside the outside's namespace: both links up, a route to the pods through the
@@ -183,6 +201,20 @@ impl Outside {
         )
     }
 
+    /// Routes the servers' address from the host, through the host link: for a process on the
+    /// host that dials what the servers registered (the bridge's prober). The route goes with the
+    /// link when the outside is dropped; [`SERVERS_RANGE`] is blackholed on the host first, so a
+    /// process that outlives the outside (a bridge still probing) never sends there through the
+    /// default route.
+    pub fn route_from_host(&self) -> Result<(), String> {
+        crate::netns::ip(&["route", "replace", "blackhole", SERVERS_RANGE])
+            .map_err(|e| format!("blackholing {SERVERS_RANGE} on the host: {e}"))?;
+        let route = self.plan.host_route();
+        let mut args = vec!["route", "replace"];
+        args.extend(route.iter().map(String::as_str));
+        crate::netns::ip(&args)
+    }
+
     /// A command run in the outside's network namespace, e.g. `ip route`.
     pub fn command(&self, program: &str) -> Command {
         let mut c = nsenter(self.holder.pid());
@@ -256,6 +288,16 @@ mod tests {
         assert!(s.contains("ip addr add 10.253.3.2/30 dev node0"));
         assert!(s.contains(&format!("ip route add {POD_CIDR} via 10.253.3.1")));
         assert!(!s.contains("default"), "no default route: {s}");
+    }
+
+    #[test]
+    fn the_host_reaches_the_servers_only_through_the_host_link() {
+        let r = OutsidePlan { index: 3 }.host_route().join(" ");
+        assert_eq!(r, "10.253.3.2/32 via 10.252.3.2 dev ebo-3");
+        for index in [0, 255] {
+            let ip = OutsidePlan { index }.ip().to_string();
+            assert!(ip.starts_with("10.253."), "{ip} outside {SERVERS_RANGE}");
+        }
     }
 
     #[test]
