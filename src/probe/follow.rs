@@ -15,8 +15,8 @@ pub enum Follow {
     Closed,
     /// A stream was asked for; no status has come yet.
     Opening,
-    /// A stream is open and has streamed at least one status.
-    Open,
+    /// A stream is open; the last status it streamed.
+    Open(Outcome),
     /// The server answered Watch with UNIMPLEMENTED: it is checked periodically from now on.
     CheckOnly,
 }
@@ -26,8 +26,12 @@ pub enum Follow {
 pub enum Tick {
     OpenStream,
     Check,
-    /// A stream is open or opening: its statuses are the results; nothing is sent.
+    /// A stream is opening: nothing is sent.
     Wait,
+    /// A stream is open and its last status holds: nothing is sent, and that status counts as
+    /// this tick's result. A server streams only changes, so without this a success threshold
+    /// above 1 would never be reached after one SERVING update.
+    Holds(Outcome),
 }
 
 /// What a stream reported.
@@ -61,7 +65,8 @@ pub fn tick(watch: bool, follow: Follow) -> (Tick, Follow) {
     match (watch, follow) {
         (false, f) | (true, f @ Follow::CheckOnly) => (Tick::Check, f),
         (true, Follow::Closed) => (Tick::OpenStream, Follow::Opening),
-        (true, f @ (Follow::Opening | Follow::Open)) => (Tick::Wait, f),
+        (true, Follow::Opening) => (Tick::Wait, Follow::Opening),
+        (true, f @ Follow::Open(o)) => (Tick::Holds(o), f),
     }
 }
 
@@ -74,7 +79,7 @@ pub fn event(follow: Follow, event: Event) -> Step {
         fell_back,
     };
     match event {
-        Event::Status(o) => step(Follow::Open, Some(o), false, false),
+        Event::Status(o) => step(Follow::Open(o), Some(o), false, false),
         // Re-opened at the next tick, not at once: a server that drops every stream must not
         // be hammered.
         Event::OpenFailed(o) => step(Follow::Closed, Some(o), false, false),
@@ -93,7 +98,7 @@ mod tests {
         for f in [
             Follow::Closed,
             Follow::Opening,
-            Follow::Open,
+            Follow::Open(Serving),
             Follow::CheckOnly,
         ] {
             assert_eq!(tick(false, f), (Tick::Check, f));
@@ -107,19 +112,52 @@ mod tests {
         // Still opening at the next tick: no second stream, no Check.
         assert_eq!(tick(true, f), (Tick::Wait, Follow::Opening));
         let s = event(f, Event::Status(Serving));
-        assert_eq!(s.follow, Follow::Open);
+        assert_eq!(s.follow, Follow::Open(Serving));
         assert_eq!(s.result, Some(Serving));
+        // No Check while it is open: the status it last streamed holds, tick after tick.
         for _ in 0..3 {
-            assert_eq!(tick(true, s.follow), (Tick::Wait, Follow::Open));
+            assert_eq!(
+                tick(true, s.follow),
+                (Tick::Holds(Serving), Follow::Open(Serving))
+            );
         }
-        // Every streamed status is a result.
+        // Every streamed status is a result, and the one that holds from then on.
         let s = event(s.follow, Event::Status(NotServing));
-        assert_eq!((s.follow, s.result), (Follow::Open, Some(NotServing)));
+        assert_eq!(
+            (s.follow, s.result),
+            (Follow::Open(NotServing), Some(NotServing))
+        );
+        assert_eq!(tick(true, s.follow).0, Tick::Holds(NotServing));
+    }
+
+    #[test]
+    fn a_success_threshold_above_one_is_reached_while_serving_holds() {
+        use crate::probe::state::{EndpointState, Thresholds};
+        let t = Thresholds {
+            failure: 3,
+            success: 2,
+        };
+        let mut state = EndpointState::new(false);
+        let mut f = event(Follow::Opening, Event::Status(NotServing));
+        state.observe(f.result.unwrap(), t);
+        assert!(state.not_serving());
+        // The server says SERVING once, and streams nothing more while that holds.
+        f = event(f.follow, Event::Status(Serving));
+        state.observe(f.result.unwrap(), t);
+        assert!(state.not_serving(), "one SERVING of two");
+        let Tick::Holds(o) = tick(true, f.follow).0 else {
+            panic!("open: holds")
+        };
+        assert!(
+            state.observe(o, t),
+            "the next tick's holding SERVING is the second"
+        );
+        assert!(!state.not_serving());
     }
 
     #[test]
     fn a_stream_that_ends_is_a_failure_and_is_reopened_at_the_next_tick() {
-        let s = event(Follow::Open, Event::Ended);
+        let s = event(Follow::Open(Serving), Event::Ended);
         assert_eq!(s.follow, Follow::Closed);
         assert_eq!(s.result, Some(Unreachable));
         assert!(!s.check_now);

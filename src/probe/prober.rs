@@ -236,7 +236,7 @@ impl Prober {
         };
         let step = follow::event(slot.follow, event);
         slot.follow = step.follow;
-        if step.follow != Follow::Open {
+        if !matches!(step.follow, Follow::Open(_)) {
             slot.stream = None;
         }
         if step.fell_back {
@@ -349,6 +349,7 @@ pub async fn run(
                     match p.tick(e, id, now) {
                         Tick::Check => running.push(checking(&p.settings, e, id, true)),
                         Tick::OpenStream => p.open_stream(e, id),
+                        Tick::Holds(outcome) => p.observe(e, id, outcome, None),
                         Tick::Wait => {}
                     }
                 }
