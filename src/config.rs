@@ -302,6 +302,12 @@ pub struct ProbeArgs {
     /// once, all of them are kept ready (and it is reported). 1 turns the guard off.
     #[arg(id = "probe_panic_threshold", value_name = "SHARE", long = "probe-panic-threshold", env = "ETCD_BRIDGE_PROBE_PANIC_THRESHOLD", default_value_t = 0.5, value_parser = ratio)]
     pub panic_threshold: f64,
+    /// With `--probe-mode=grpc`: follow each endpoint with a `grpc.health.v1.Health/Watch`
+    /// stream, so a change of status shows at once, not at the next interval. Holds one HTTP/2
+    /// connection open per probed endpoint (Check opens one per probe); servers answering
+    /// UNIMPLEMENTED are checked as without it.
+    #[arg(id = "probe_watch", value_name = "BOOL", long = "probe-watch", env = "ETCD_BRIDGE_PROBE_WATCH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -325,6 +331,11 @@ impl ProbeArgs {
                 self.timeout, self.interval
             )));
         }
+        if self.watch && self.mode != ProbeMode::Grpc {
+            return Err(Error::Config(
+                "--probe-watch follows the gRPC health service's Watch stream: it needs --probe-mode=grpc, not tcp".into(),
+            ));
+        }
         crate::probe::selector::Selector::parse(&self.select, prefixes)
     }
 
@@ -345,6 +356,7 @@ impl ProbeArgs {
                 failure: self.failure_threshold,
                 success: self.success_threshold,
             },
+            watch: self.watch,
         }
     }
 }
@@ -633,6 +645,29 @@ mod tests {
         );
         let (p, _) = probe(&["--probe-mode=tcp"]);
         assert_eq!(p.settings().mode, crate::probe::check::Mode::Tcp);
+    }
+
+    #[test]
+    fn watch_is_opt_in_and_only_with_grpc() {
+        let (p, e) = probe(&["--probe=*"]);
+        assert!(!p.settings().watch, "off by default");
+        let (p, e2) = probe(&["--probe=*", "--probe-watch"]);
+        assert!(p.settings().watch);
+        assert!(probe(&["--probe-watch=true"]).0.watch);
+        assert!(!probe(&["--probe-watch=false"]).0.watch);
+        assert!(p.selector(&e2).is_ok());
+        let (p, e3) = probe(&["--probe=*", "--probe-watch", "--probe-mode=tcp"]);
+        let err = p.selector(&e3).unwrap_err().to_string();
+        assert!(
+            err.contains("--probe-watch") && err.contains("--probe-mode=grpc"),
+            "{err}"
+        );
+        assert!(
+            probe(&["--probe=*", "--probe-mode=tcp"])
+                .0
+                .selector(&e)
+                .is_ok()
+        );
     }
 
     #[test]

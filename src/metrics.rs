@@ -77,6 +77,7 @@ pub struct Metrics {
     pub probes: Family<OutcomeLabels, Counter>,
     pub probe_latency: Histogram,
     pub probed_endpoints: Family<HealthStateLabels, Gauge>,
+    pub probe_watch_streams: Gauge,
     pub panic_activations: Counter,
     pub services_in_panic: Gauge,
 }
@@ -112,6 +113,7 @@ impl Default for Metrics {
             // 0.25 ms .. ~4 s.
             probe_latency: Histogram::new(exponential_buckets(0.00025, 2.0, 15)),
             probed_endpoints: Family::default(),
+            probe_watch_streams: Gauge::default(),
             panic_activations: Counter::default(),
             services_in_panic: Gauge::default(),
             registry: Registry::default(),
@@ -231,6 +233,11 @@ impl Default for Metrics {
             "probed_endpoints",
             "Endpoints the leader probes, by health state",
             m.probed_endpoints.clone(),
+        );
+        registry.register(
+            "probe_watch_streams",
+            "Health/Watch streams open (--probe-watch), each on an HTTP/2 connection of its own",
+            m.probe_watch_streams.clone(),
         );
         registry.register(
             "panic_guard_activations",

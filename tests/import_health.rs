@@ -2,8 +2,9 @@
 //! (`tests/go/cmd/healthserver`), toggled SERVING and NOT_SERVING, SIGSTOPped and killed, and the
 //! EndpointSlice conditions following them; a weight-0 registration draining; the panic guard
 //! holding a Service whose servers mostly stop at once; a restarted bridge keeping what its
-//! slices show; and `--probe-mode=tcp` following a server killed and restarted, but not one
-//! SIGSTOPped (its kernel still accepts).
+//! slices show; `--probe-mode=tcp` following a server killed and restarted, but not one
+//! SIGSTOPped (its kernel still accepts); with `--probe-watch`, changes streamed at once and a
+//! server without Watch checked.
 //!
 //! Traffic stays on this machine: the servers listen on addresses this test assigns inside a
 //! network namespace it creates (`ip netns add`, a veth pair, 10.231.N.0/24: the test bed's
@@ -48,6 +49,11 @@ struct Server {
 
 impl Server {
     fn start(scope: &Scope, ns: &Netns, ip: &str) -> Server {
+        Server::start_with(scope, ns, ip, &[])
+    }
+
+    /// With the server's own flags, e.g. `-no-watch`.
+    fn start_with(scope: &Scope, ns: &Netns, ip: &str, flags: &[&str]) -> Server {
         let log = scope
             .bed
             .dir
@@ -55,7 +61,9 @@ impl Server {
         let bin = healthserver().unwrap_or_else(|e| {
             panic!("tests/go/cmd/healthserver could not be built (no skipping):\n{e}")
         });
-        let args = ns.exec_args(bin, &[format!("-listen={ip}:{PORT}")]);
+        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        flags.push(format!("-listen={ip}:{PORT}"));
+        let args = ns.exec_args(bin, &flags);
         // `ip netns exec` execs the server: the pid is the server's, so signals reach it.
         // A restarted server appends to the same log: wait for one more "serving on".
         let started = |text: &str| text.matches("serving on").count();
@@ -114,9 +122,18 @@ async fn conditions(apis: &Apis, service: &str) -> Option<BTreeMap<String, Flags
 
 /// Waits until Service `service` shows exactly `want`; returns how long that took.
 async fn shows(apis: &Apis, service: &str, want: &[(&str, Flags)]) -> Duration {
+    shows_within(apis, service, want, WAIT).await
+}
+
+async fn shows_within(
+    apis: &Apis,
+    service: &str,
+    want: &[(&str, Flags)],
+    wait: Duration,
+) -> Duration {
     let want: BTreeMap<String, Flags> = want.iter().map(|(a, f)| (a.to_string(), *f)).collect();
     let started = Instant::now();
-    eventually(&format!("{service} showing {want:?}"), WAIT, || async {
+    eventually(&format!("{service} showing {want:?}"), wait, || async {
         (conditions(apis, service).await? == want).then_some(())
     })
     .await;
@@ -538,4 +555,101 @@ async fn a_killed_leaders_standby_takes_over_without_flapping_conditions() {
     servers[0].proc.signal("USR2");
     let took = shows(&apis, "orders-v1", &want.map(|(a, _)| (a, READY))).await;
     eprintln!("figures: SERVING again -> ready {took:?} after, under the new leader");
+}
+
+/// With `--probe-watch` and a 30 s interval, only the Watch stream can explain a change that
+/// shows within seconds. The second server answers Watch with UNIMPLEMENTED: it is checked.
+#[tokio::test]
+async fn with_watch_a_status_change_shows_at_once_and_a_server_without_watch_is_checked() {
+    const LONG: Duration = Duration::from_secs(30);
+    let scope = Scope::new("health-watch");
+    let (ns, ips) = netns(2);
+    let mut servers = vec![
+        Server::start(&scope, &ns, &ips[0]),
+        Server::start_with(&scope, &ns, &ips[1], &["-no-watch"]),
+    ];
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(&mut etcd, &scope.prefix, "streams", "v1", &s.addr(), 1, 600).await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(
+        &kubeconfig,
+        &[
+            "--probe=*",
+            "--probe-watch",
+            "--probe-interval=30s",
+            "--probe-timeout=1s",
+            "--probe-failure-threshold=2",
+            "--aggregate=false",
+        ],
+    );
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let want = |first: Flags, second: Flags| [(ips[0].as_str(), first), (ips[1].as_str(), second)];
+    shows(&apis, "streams-v1", &want(READY, READY)).await;
+    // Each endpoint's first tick comes within one interval: then one stream is open (the
+    // second server's Watch is UNIMPLEMENTED), and both have a verdict of serving; the second
+    // one's can only come from a Check.
+    eventually(
+        "one stream open, both endpoints serving",
+        LONG + WAIT,
+        || async {
+            let streams = bridge.metric("etcd_bridge_probe_watch_streams");
+            let serving = bridge.metric(r#"etcd_bridge_probed_endpoints{state="serving"}"#);
+            (streams == Some(1.0) && serving == Some(2.0)).then_some(())
+        },
+    )
+    .await;
+
+    // NOT_SERVING and back, five times: streamed, so far faster than the 30 s interval.
+    let (mut down, mut up) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        servers[0].proc.signal("USR1");
+        down.push(shows(&apis, "streams-v1", &want(DOWN, READY)).await);
+        servers[0].proc.signal("USR2");
+        up.push(shows(&apis, "streams-v1", &want(READY, READY)).await);
+    }
+    down.sort();
+    up.sort();
+    eprintln!(
+        "watch: NOT_SERVING -> slice not ready: p50 {} ms, max {} ms; SERVING -> ready: p50 {} ms, max {} ms (interval {LONG:?})",
+        percentile(&down, 0.5).as_millis(),
+        down.last().unwrap().as_millis(),
+        percentile(&up, 0.5).as_millis(),
+        up.last().unwrap().as_millis(),
+    );
+    // The interval cannot explain it: ten changes in a row, each well within a tenth of it.
+    assert!(*down.last().unwrap() < LONG / 10, "{down:?}");
+    assert!(*up.last().unwrap() < LONG / 10, "{up:?}");
+    // Streamed statuses are counted as results; still one stream, none re-opened.
+    let text = bridge.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    let count = |outcome: &str| {
+        let series = format!(r#"etcd_bridge_probes_total{{outcome="{outcome}"}}"#);
+        etcd_bridge_testbed::metrics::value(&text, &series).unwrap_or(0.0)
+    };
+    assert!(count("not_serving") >= 5.0, "{text}");
+    assert_eq!(count("unreachable"), 0.0, "no stream broke\n{text}");
+    assert_eq!(bridge.metric("etcd_bridge_probe_watch_streams"), Some(1.0));
+
+    // The server without Watch is followed by its Checks: its NOT_SERVING shows at a tick.
+    servers[1].proc.signal("USR1");
+    let checked = shows_within(&apis, "streams-v1", &want(READY, DOWN), LONG + WAIT).await;
+    eprintln!(
+        "no-watch server: NOT_SERVING -> slice not ready in {} ms (by Check, interval {LONG:?})",
+        checked.as_millis()
+    );
+    assert_eq!(bridge.metric("etcd_bridge_probe_watch_streams"), Some(1.0));
+
+    // A killed server ends its stream at once; the stream is closed.
+    servers[0].proc.kill();
+    eventually("the killed server's stream closed", WAIT, || async {
+        (bridge.metric("etcd_bridge_probe_watch_streams") == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(
+        bridge.metric(r#"etcd_bridge_probes_total{outcome="unreachable"}"#) >= Some(1.0),
+        "a stream that ends counts as a failure"
+    );
+    bridge.stop();
 }

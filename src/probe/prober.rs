@@ -1,11 +1,13 @@
 //! The prober: probes every endpoint of the current [`Plan`] on its own schedule
 //! ([`Timing`]), folds the results into each endpoint's [`EndpointState`], and sends each change
 //! of verdict to the reconciler. It decides nothing of its own: what to probe comes from the
-//! reconciler (only the leader's plan has endpoints), and what a verdict means for the slices is
-//! the planner's business.
+//! reconciler (only the leader's plan has endpoints), what a verdict means for the slices is
+//! the planner's business, and with `--probe-watch`, whether a tick opens a Watch stream, sends
+//! a Check or waits is [`follow`]'s.
 
 use crate::metrics::{HealthStateLabels, Metrics, OutcomeLabels};
 use crate::probe::check::{self, Mode};
+use crate::probe::follow::{self, Event, Follow, Tick};
 use crate::probe::state::{EndpointState, Health, Outcome, Thresholds};
 use crate::probe::timing::Timing;
 use crate::projection::EndpointId;
@@ -29,6 +31,8 @@ pub struct Settings {
     pub timeout: Duration,
     pub timing: Timing,
     pub thresholds: Thresholds,
+    /// Follow each endpoint with a `Health/Watch` stream (gRPC mode only).
+    pub watch: bool,
 }
 
 /// What to probe, from the reconciler. A new `term` (this replica became leader, or stopped
@@ -55,7 +59,23 @@ struct Slot {
     state: EndpointState,
     due: Instant,
     round: u64,
+    follow: Follow,
+    /// The task that reads this endpoint's Watch stream; dropping the slot closes it.
+    stream: Option<StreamTask>,
 }
+
+/// Aborts the stream's task (closing its connection) when the slot goes: the endpoint left the
+/// plan, or a new term began.
+struct StreamTask(tokio::task::AbortHandle);
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An event of an endpoint's stream: (endpoint, slot id, event, how long the open took).
+type StreamEvent = (EndpointId, u64, Event, Option<Duration>);
 
 struct Prober {
     settings: Settings,
@@ -65,6 +85,7 @@ struct Prober {
     queue: BinaryHeap<Reverse<(Instant, EndpointId, u64)>>,
     next_id: u64,
     out: mpsc::UnboundedSender<Verdict>,
+    events: mpsc::UnboundedSender<StreamEvent>,
     metrics: Arc<Metrics>,
     counts: HashMap<Health, i64>,
 }
@@ -118,6 +139,8 @@ impl Prober {
                     state,
                     due,
                     round: 0,
+                    follow: Follow::Closed,
+                    stream: None,
                 },
             );
         }
@@ -145,16 +168,114 @@ impl Prober {
         self.queue.peek().map(|Reverse((due, _, _))| *due)
     }
 
-    /// Takes in one result; schedules the next probe; reports a changed verdict.
-    fn result(&mut self, e: EndpointId, id: u64, outcome: Outcome, took: Duration, now: Instant) {
+    /// Whether ticks may open Watch streams.
+    fn watching(&self) -> bool {
+        self.settings.watch && matches!(self.settings.mode, Mode::Grpc { .. })
+    }
+
+    /// Plans the tick after this one.
+    fn reschedule(&mut self, e: EndpointId, id: u64, now: Instant) {
+        let timing = self.settings.timing;
+        let Some(slot) = self.slots.get_mut(&e).filter(|s| s.id == id) else {
+            return;
+        };
+        slot.round += 1;
+        slot.due = timing.next(&e, slot.round, slot.due).max(now);
+        self.queue.push(Reverse((slot.due, e, id)));
+    }
+
+    /// What a due tick does (see [`follow::tick`]). Only a Check's result plans the next tick;
+    /// otherwise it is planned here.
+    fn tick(&mut self, e: EndpointId, id: u64, now: Instant) -> Tick {
+        let watching = self.watching();
+        let Some(slot) = self.slots.get_mut(&e).filter(|s| s.id == id) else {
+            return Tick::Wait;
+        };
+        let (tick, follow) = follow::tick(watching, slot.follow);
+        slot.follow = follow;
+        if tick != Tick::Check {
+            self.reschedule(e, id, now);
+        }
+        tick
+    }
+
+    /// Starts the task that reads `e`'s Watch stream and sends its events to the prober.
+    fn open_stream(&mut self, e: EndpointId, id: u64) {
+        let Mode::Grpc { service } = &self.settings.mode else {
+            return;
+        };
+        let (service, timeout) = (service.clone(), self.settings.timeout);
+        let interval = self.settings.timing.interval;
+        let (events, gauge) = (
+            self.events.clone(),
+            self.metrics.probe_watch_streams.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let addr = SocketAddr::from(e);
+            check::watch(&service, addr, timeout, interval, &gauge, |event, took| {
+                // The prober gone means shutting down.
+                let _ = events.send((e, id, event, took));
+            })
+            .await;
+        });
+        if let Some(slot) = self.slots.get_mut(&e).filter(|s| s.id == id) {
+            slot.stream = Some(StreamTask(task.abort_handle()));
+        }
+    }
+
+    /// Takes in one event of `e`'s stream. Returns whether to send a Check now.
+    fn stream_event(
+        &mut self,
+        e: EndpointId,
+        id: u64,
+        event: Event,
+        took: Option<Duration>,
+    ) -> bool {
+        let Some(slot) = self.slots.get_mut(&e).filter(|s| s.id == id) else {
+            return false; // forgotten meanwhile (its task is aborted)
+        };
+        let step = follow::event(slot.follow, event);
+        slot.follow = step.follow;
+        if !matches!(step.follow, Follow::Open(_)) {
+            slot.stream = None;
+        }
+        if step.fell_back {
+            tracing::debug!(endpoint = %SocketAddr::from(e), "the server does not implement Health/Watch: checking it periodically instead");
+        }
+        if let Some(outcome) = step.result {
+            self.observe(e, id, outcome, took);
+        }
+        step.check_now
+    }
+
+    /// Takes in a Check's result; schedules the next tick if a tick sent it.
+    fn result(
+        &mut self,
+        e: EndpointId,
+        id: u64,
+        outcome: Outcome,
+        took: Duration,
+        now: Instant,
+        ticked: bool,
+    ) {
+        self.observe(e, id, outcome, Some(took));
+        if ticked {
+            self.reschedule(e, id, now);
+        }
+    }
+
+    /// Takes in one result (a Check's or a streamed status); reports a changed verdict.
+    fn observe(&mut self, e: EndpointId, id: u64, outcome: Outcome, took: Option<Duration>) {
         self.metrics
             .probes
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.label(),
             })
             .inc();
-        self.metrics.probe_latency.observe(took.as_secs_f64());
-        let (thresholds, timing) = (self.settings.thresholds, self.settings.timing);
+        if let Some(took) = took {
+            self.metrics.probe_latency.observe(took.as_secs_f64());
+        }
+        let thresholds = self.settings.thresholds;
         let Some(slot) = self.slots.get_mut(&e).filter(|s| s.id == id) else {
             return; // forgotten meanwhile
         };
@@ -162,9 +283,6 @@ impl Prober {
         let changed = slot.state.observe(outcome, thresholds);
         let after = slot.state.health();
         let not_serving = slot.state.not_serving();
-        slot.round += 1;
-        slot.due = timing.next(&e, slot.round, slot.due).max(now);
-        self.queue.push(Reverse((slot.due, e, id)));
         if before != after {
             self.count(before, -1);
             self.count(after, 1);
@@ -189,6 +307,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let (events, mut streamed) = mpsc::unbounded_channel();
     let mut p = Prober {
         settings,
         term: 0,
@@ -196,6 +315,7 @@ pub async fn run(
         queue: BinaryHeap::new(),
         next_id: 0,
         out,
+        events,
         metrics,
         counts: HashMap::new(),
     };
@@ -213,20 +333,43 @@ pub async fn run(
                 let plan = plans.borrow_and_update().clone();
                 p.apply(&plan, Instant::now());
             }
-            Some((e, id, (outcome, took))) = running.next() => {
-                p.result(e, id, outcome, took, Instant::now());
+            Some((e, id, ticked, (outcome, took))) = running.next() => {
+                p.result(e, id, outcome, took, Instant::now(), ticked);
+            }
+            // Never None: `p` holds a sender.
+            Some((e, id, event, took)) = streamed.recv() => {
+                if p.stream_event(e, id, event, took) {
+                    running.push(checking(&p.settings, e, id, false));
+                }
             }
             _ = sleep_until(next), if next.is_some() => {
                 let now = Instant::now();
                 while running.len() < MAX_IN_FLIGHT {
                     let Some((e, id)) = p.pop_due(now) else { break };
-                    let (mode, timeout) = (p.settings.mode.clone(), p.settings.timeout);
-                    running.push(async move {
-                        (e, id, check::check(&mode, SocketAddr::from(e), timeout).await)
-                    });
+                    match p.tick(e, id, now) {
+                        Tick::Check => running.push(checking(&p.settings, e, id, true)),
+                        Tick::OpenStream => p.open_stream(e, id),
+                        Tick::Holds(outcome) => p.observe(e, id, outcome, None),
+                        Tick::Wait => {}
+                    }
                 }
             }
         }
+    }
+}
+
+/// One Check of `e`, tagged with its slot and whether a tick sent it (its result plans the
+/// next tick) or a fallback from Watch did (the next tick is planned already).
+fn checking(
+    settings: &Settings,
+    e: EndpointId,
+    id: u64,
+    ticked: bool,
+) -> impl std::future::Future<Output = (EndpointId, u64, bool, (Outcome, Duration))> + use<> {
+    let (mode, timeout) = (settings.mode.clone(), settings.timeout);
+    async move {
+        let result = check::check(&mode, SocketAddr::from(e), timeout).await;
+        (e, id, ticked, result)
     }
 }
 

@@ -372,6 +372,11 @@ fn check_probe(docs: &[Value]) {
     ] {
         assert_eq!(flag(&args, f), Some(v), "{f}");
     }
+    assert_eq!(
+        flag(&args, "--probe-watch"),
+        Some("false"),
+        "off by default"
+    );
     // The NetworkPolicy lets the health checks out, only where and on the ports said.
     let np = one(docs, "NetworkPolicy");
     let egress = np["spec"]["egress"].as_array().unwrap();
@@ -389,6 +394,7 @@ fn check_probe_everything(docs: &[Value]) {
     assert_eq!(flag(&args, "--probe-mode"), Some("grpc"));
     assert_eq!(flag(&args, "--probe-service"), Some(""));
     assert_eq!(flag(&args, "--probe-panic-threshold"), Some("0.5"));
+    assert_eq!(flag(&args, "--probe-watch"), Some("true"));
     let np = one(docs, "NetworkPolicy");
     let egress = np["spec"]["egress"].as_array().unwrap();
     assert_eq!(egress[3], json!({}), "not narrowed: any address and port");
@@ -588,7 +594,11 @@ async fn every_documented_combination_lints_renders_and_passes_the_api_servers_v
         ),
         combo(
             "health checks of every service, NetworkPolicy on",
-            &["probe.select[0]=*", "networkPolicy.enabled=true"],
+            &[
+                "probe.select[0]=*",
+                "probe.watch=true",
+                "networkPolicy.enabled=true",
+            ],
             check_probe_everything,
         ),
         combo(
@@ -625,6 +635,7 @@ fn every_flag_and_env_the_chart_renders_is_one_the_bridge_reads() {
         "writeback.selector=team=a",
         "extraArgs[0]=--etcd-timeout=9s",
         "probe.select[0]=*",
+        "probe.watch=true",
         "sources.enabled=true",
     ];
     let yaml = template("rel", "default", &values).unwrap();
@@ -735,6 +746,10 @@ fn bad_values_fail_with_a_message_that_names_the_field() {
         (&["probe.failureThreshold=0"], &["probe.failureThreshold"]),
         (&["probe.interval=often"], &["probe.interval", "pattern"]),
         (&["probe.panicThreshold=2"], &["probe.panicThreshold"]),
+        (
+            &["probe.watch=true", "probe.mode=tcp"],
+            &["probe.mode", "grpc"],
+        ),
         (&["targetNamespace=Not_A_Namespace"], &["targetNamespace"]),
     ];
     for (values, want) in cases {
