@@ -653,3 +653,38 @@ async fn with_watch_a_status_change_shows_at_once_and_a_server_without_watch_is_
     );
     bridge.stop();
 }
+
+/// With `--probe-watch`, a wedged server (SIGSTOP) keeps its stream open and silent: the Check
+/// that still goes out at every tick is what notices it, within the interval's thresholds.
+#[tokio::test]
+async fn with_watch_a_wedged_server_is_still_caught_by_its_checks() {
+    let scope = Scope::new("health-watch-stop");
+    let (ns, ips) = netns(2);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(&mut etcd, &scope.prefix, "wedge", "v1", &s.addr(), 1, 600).await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let mut bridge = scope.bridge(&kubeconfig, &[PROBE_FLAGS, &["--probe-watch"]].concat());
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let want = |first: Flags| [(ips[0].as_str(), first), (ips[1].as_str(), READY)];
+    shows(&apis, "wedge-v1", &want(READY)).await;
+    eventually("both streams open", WAIT, || async {
+        (bridge.metric("etcd_bridge_probe_watch_streams") == Some(2.0)).then_some(())
+    })
+    .await;
+    servers[0].proc.signal("STOP");
+    let took = shows(&apis, "wedge-v1", &want(DOWN)).await;
+    eprintln!("watch: SIGSTOP -> not ready in {took:?} (interval {INTERVAL:?}, threshold 2)");
+    assert!(
+        took < INTERVAL * 2 + Duration::from_secs(3),
+        "a wedged server took {took:?}"
+    );
+    servers[0].proc.signal("CONT");
+    shows(&apis, "wedge-v1", &want(READY)).await;
+}

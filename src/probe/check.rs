@@ -79,8 +79,8 @@ fn outcome(status: ServingStatus) -> Outcome {
 /// HTTP/2 PINGs on a Watch stream's connection at most this often. A stream is silent while the
 /// status holds, so only PINGs tell a stopped server or a lost network; but gRPC servers by
 /// default close connections that PING more often than every 5 minutes (grpc-go's
-/// `EnforcementPolicy.MinTime`), which would end every stream. So a stream that stops answering
-/// is noticed within max(interval, 5 min) + timeout, not within the interval as with Check.
+/// `EnforcementPolicy.MinTime`), which would end every stream. A stream that stops answering is
+/// noticed by the Check that still goes out at every tick (`follow::tick`), within the interval.
 pub const KEEPALIVE_FLOOR: Duration = Duration::from_secs(300);
 
 /// Keeps the open-streams gauge right however the stream's task ends (aborted included).

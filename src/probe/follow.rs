@@ -4,6 +4,11 @@
 //!
 //! A stream holds one HTTP/2 connection open per endpoint (a Check holds one only while it
 //! runs), which is why watching is opt-in.
+//!
+//! The stream brings changes at once; a Check still goes out at every tick while it is open. A
+//! wedged or partitioned server keeps its stream silent, and HTTP/2 keepalive may not PING it
+//! more often than every 5 minutes (grpc-go servers close connections that do), so only the
+//! Check notices such a server within the interval: what the prober exists for.
 
 use crate::probe::state::Outcome;
 
@@ -28,10 +33,6 @@ pub enum Tick {
     Check,
     /// A stream is opening: nothing is sent.
     Wait,
-    /// A stream is open and its last status holds: nothing is sent, and that status counts as
-    /// this tick's result. A server streams only changes, so without this a success threshold
-    /// above 1 would never be reached after one SERVING update.
-    Holds(Outcome),
 }
 
 /// What a stream reported.
@@ -66,7 +67,8 @@ pub fn tick(watch: bool, follow: Follow) -> (Tick, Follow) {
         (false, f) | (true, f @ Follow::CheckOnly) => (Tick::Check, f),
         (true, Follow::Closed) => (Tick::OpenStream, Follow::Opening),
         (true, Follow::Opening) => (Tick::Wait, Follow::Opening),
-        (true, f @ Follow::Open(o)) => (Tick::Holds(o), f),
+        // Liveness: a silent stream cannot tell a wedged server from a steady one.
+        (true, f @ Follow::Open(_)) => (Tick::Check, f),
     }
 }
 
@@ -106,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_is_opened_once_and_no_check_is_sent_while_it_is_open() {
+    fn a_stream_is_opened_once_and_a_check_still_goes_out_at_each_tick() {
         let (t, f) = tick(true, Follow::Closed);
         assert_eq!((t, f), (Tick::OpenStream, Follow::Opening));
         // Still opening at the next tick: no second stream, no Check.
@@ -114,45 +116,16 @@ mod tests {
         let s = event(f, Event::Status(Serving));
         assert_eq!(s.follow, Follow::Open(Serving));
         assert_eq!(s.result, Some(Serving));
-        // No Check while it is open: the status it last streamed holds, tick after tick.
+        // Open: a Check at every tick proves the server still answers; the stream stays open.
         for _ in 0..3 {
-            assert_eq!(
-                tick(true, s.follow),
-                (Tick::Holds(Serving), Follow::Open(Serving))
-            );
+            assert_eq!(tick(true, s.follow), (Tick::Check, Follow::Open(Serving)));
         }
-        // Every streamed status is a result, and the one that holds from then on.
+        // Every streamed status is a result at once.
         let s = event(s.follow, Event::Status(NotServing));
         assert_eq!(
             (s.follow, s.result),
             (Follow::Open(NotServing), Some(NotServing))
         );
-        assert_eq!(tick(true, s.follow).0, Tick::Holds(NotServing));
-    }
-
-    #[test]
-    fn a_success_threshold_above_one_is_reached_while_serving_holds() {
-        use crate::probe::state::{EndpointState, Thresholds};
-        let t = Thresholds {
-            failure: 3,
-            success: 2,
-        };
-        let mut state = EndpointState::new(false);
-        let mut f = event(Follow::Opening, Event::Status(NotServing));
-        state.observe(f.result.unwrap(), t);
-        assert!(state.not_serving());
-        // The server says SERVING once, and streams nothing more while that holds.
-        f = event(f.follow, Event::Status(Serving));
-        state.observe(f.result.unwrap(), t);
-        assert!(state.not_serving(), "one SERVING of two");
-        let Tick::Holds(o) = tick(true, f.follow).0 else {
-            panic!("open: holds")
-        };
-        assert!(
-            state.observe(o, t),
-            "the next tick's holding SERVING is the second"
-        );
-        assert!(!state.not_serving());
     }
 
     #[test]

@@ -349,7 +349,6 @@ pub async fn run(
                     match p.tick(e, id, now) {
                         Tick::Check => running.push(checking(&p.settings, e, id, true)),
                         Tick::OpenStream => p.open_stream(e, id),
-                        Tick::Holds(outcome) => p.observe(e, id, outcome, None),
                         Tick::Wait => {}
                     }
                 }
