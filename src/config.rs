@@ -253,8 +253,9 @@ pub struct WritebackArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
     /// Probe the endpoints of these registrations: a watched `--prefix` (ends with `/`) probes
-    /// every service under it; anything else is a glob (`*`, `?`) on the registered service
-    /// name. Repeat, or comma-separate. `--probe` alone probes every service.
+    /// every service under it; `source:NAME` every service of the EtcdSource NAME (`default`: the
+    /// flags' registry); anything else is a glob (`*`, `?`) on the registered service name.
+    /// Repeat, or comma-separate. `--probe` alone probes every service.
     #[arg(
         id = "probe", value_name = "PREFIX_OR_GLOB", long = "probe",
         env = "ETCD_BRIDGE_PROBE",

@@ -688,3 +688,50 @@ async fn with_watch_a_wedged_server_is_still_caught_by_its_checks() {
     servers[0].proc.signal("CONT");
     shows(&apis, "wedge-v1", &want(READY)).await;
 }
+
+/// `--probe=source:NAME` selects by registry: here `default`, the flags' own (an EtcdSource's
+/// name selects its services the same way, by the source each target carries).
+#[tokio::test]
+async fn a_source_named_in_probe_has_its_endpoints_probed() {
+    let scope = Scope::new("health-by-source");
+    let (ns, ips) = netns(2);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(
+            &mut etcd,
+            &scope.prefix,
+            "bysource",
+            "v1",
+            &s.addr(),
+            1,
+            600,
+        )
+        .await;
+    }
+    let kubeconfig = scope.bridge_kubeconfig();
+    let flags: Vec<&str> = PROBE_FLAGS
+        .iter()
+        .map(|f| {
+            if *f == "--probe=*" {
+                "--probe=source:default"
+            } else {
+                f
+            }
+        })
+        .collect();
+    let mut bridge = scope.bridge(&kubeconfig, &flags);
+    bridge.ready(WAIT).await;
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    servers[0].proc.signal("USR1");
+    let took = shows(
+        &apis,
+        "bysource-v1",
+        &[(ips[0].as_str(), DOWN), (ips[1].as_str(), READY)],
+    )
+    .await;
+    eprintln!("source:default: NOT_SERVING -> not ready in {took:?}");
+}
