@@ -90,6 +90,36 @@ impl Server {
     }
 }
 
+/// A test's own estate: its scope, a network namespace with `n` health servers, each
+/// registered as `service` v1 (weight 1, a 600 s lease). Bind the namespace (`ns: _ns`) for the
+/// whole test, and start the bridge after this: locals drop in reverse order, so the bridge
+/// stops before the namespace goes.
+struct Estate {
+    scope: Scope,
+    ns: Netns,
+    ips: Vec<String>,
+    servers: Vec<Server>,
+}
+
+async fn estate(base: &str, n: u32, service: &str) -> Estate {
+    let scope = Scope::new(base);
+    let (ns, ips) = netns(n);
+    let servers: Vec<Server> = ips
+        .iter()
+        .map(|ip| Server::start(&scope, &ns, ip))
+        .collect();
+    let mut etcd = scope.etcd().await;
+    for s in &servers {
+        register(&mut etcd, &scope.prefix, service, "v1", &s.addr(), 1, 600).await;
+    }
+    Estate {
+        scope,
+        ns,
+        ips,
+        servers,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Conditions
 
@@ -268,25 +298,12 @@ async fn slice_conditions_follow_the_servers_health_one_write_per_change() {
 
 #[tokio::test]
 async fn the_panic_guard_keeps_a_service_ready_when_most_servers_stop_at_once() {
-    let scope = Scope::new("health-panic");
-    let (ns, ips) = netns(4);
-    let servers: Vec<Server> = ips
-        .iter()
-        .map(|ip| Server::start(&scope, &ns, ip))
-        .collect();
-    let mut etcd = scope.etcd().await;
-    for s in &servers {
-        register(
-            &mut etcd,
-            &scope.prefix,
-            "payments",
-            "v1",
-            &s.addr(),
-            1,
-            600,
-        )
-        .await;
-    }
+    let Estate {
+        scope,
+        ns: _ns,
+        servers,
+        ..
+    } = estate("health-panic", 4, "payments").await;
     let kubeconfig = scope.bridge_kubeconfig();
     let mut bridge = scope.bridge(&kubeconfig, PROBE_FLAGS);
     bridge.ready(WAIT).await;
@@ -337,16 +354,12 @@ async fn the_panic_guard_keeps_a_service_ready_when_most_servers_stop_at_once() 
 
 #[tokio::test]
 async fn a_restarted_bridge_keeps_a_failed_endpoint_not_ready() {
-    let scope = Scope::new("health-restart");
-    let (ns, ips) = netns(3);
-    let servers: Vec<Server> = ips
-        .iter()
-        .map(|ip| Server::start(&scope, &ns, ip))
-        .collect();
-    let mut etcd = scope.etcd().await;
-    for s in &servers {
-        register(&mut etcd, &scope.prefix, "orders", "v1", &s.addr(), 1, 600).await;
-    }
+    let Estate {
+        scope,
+        ns: _ns,
+        servers,
+        ..
+    } = estate("health-restart", 3, "orders").await;
     let kubeconfig = scope.bridge_kubeconfig();
     let mut first = scope.bridge(&kubeconfig, PROBE_FLAGS);
     first.ready(WAIT).await;
@@ -388,16 +401,12 @@ async fn a_restarted_bridge_keeps_a_failed_endpoint_not_ready() {
 
 #[tokio::test]
 async fn tcp_mode_follows_a_server_killed_and_restarted_but_not_one_stopped() {
-    let scope = Scope::new("health-tcp");
-    let (ns, ips) = netns(2);
-    let mut servers: Vec<Server> = ips
-        .iter()
-        .map(|ip| Server::start(&scope, &ns, ip))
-        .collect();
-    let mut etcd = scope.etcd().await;
-    for s in &servers {
-        register(&mut etcd, &scope.prefix, "ledger", "v1", &s.addr(), 1, 600).await;
-    }
+    let Estate {
+        scope,
+        ns,
+        ips,
+        mut servers,
+    } = estate("health-tcp", 2, "ledger").await;
     let kubeconfig = scope.bridge_kubeconfig();
     let flags: Vec<&str> = PROBE_FLAGS
         .iter()
@@ -488,16 +497,12 @@ async fn tcp_mode_follows_a_server_killed_and_restarted_but_not_one_stopped() {
 /// that is not serving stays not ready through the handover, and nothing is written for it.
 #[tokio::test]
 async fn a_killed_leaders_standby_takes_over_without_flapping_conditions() {
-    let scope = Scope::new("health-failover");
-    let (ns, ips) = netns(3);
-    let servers: Vec<Server> = ips
-        .iter()
-        .map(|ip| Server::start(&scope, &ns, ip))
-        .collect();
-    let mut etcd = scope.etcd().await;
-    for s in &servers {
-        register(&mut etcd, &scope.prefix, "orders", "v1", &s.addr(), 1, 600).await;
-    }
+    let Estate {
+        scope,
+        ns: _ns,
+        servers,
+        ..
+    } = estate("health-failover", 3, "orders").await;
     let kubeconfig = scope.bridge_kubeconfig();
     let flags: Vec<&str> = PROBE_FLAGS
         .iter()
@@ -658,16 +663,12 @@ async fn with_watch_a_status_change_shows_at_once_and_a_server_without_watch_is_
 /// that still goes out at every tick is what notices it, within the interval's thresholds.
 #[tokio::test]
 async fn with_watch_a_wedged_server_is_still_caught_by_its_checks() {
-    let scope = Scope::new("health-watch-stop");
-    let (ns, ips) = netns(2);
-    let servers: Vec<Server> = ips
-        .iter()
-        .map(|ip| Server::start(&scope, &ns, ip))
-        .collect();
-    let mut etcd = scope.etcd().await;
-    for s in &servers {
-        register(&mut etcd, &scope.prefix, "wedge", "v1", &s.addr(), 1, 600).await;
-    }
+    let Estate {
+        scope,
+        ns: _ns,
+        ips,
+        servers,
+    } = estate("health-watch-stop", 2, "wedge").await;
     let kubeconfig = scope.bridge_kubeconfig();
     let mut bridge = scope.bridge(&kubeconfig, &[PROBE_FLAGS, &["--probe-watch"]].concat());
     bridge.ready(WAIT).await;
@@ -693,25 +694,12 @@ async fn with_watch_a_wedged_server_is_still_caught_by_its_checks() {
 /// name selects its services the same way, by the source each target carries).
 #[tokio::test]
 async fn a_source_named_in_probe_has_its_endpoints_probed() {
-    let scope = Scope::new("health-by-source");
-    let (ns, ips) = netns(2);
-    let servers: Vec<Server> = ips
-        .iter()
-        .map(|ip| Server::start(&scope, &ns, ip))
-        .collect();
-    let mut etcd = scope.etcd().await;
-    for s in &servers {
-        register(
-            &mut etcd,
-            &scope.prefix,
-            "bysource",
-            "v1",
-            &s.addr(),
-            1,
-            600,
-        )
-        .await;
-    }
+    let Estate {
+        scope,
+        ns: _ns,
+        ips,
+        servers,
+    } = estate("health-by-source", 2, "bysource").await;
     let kubeconfig = scope.bridge_kubeconfig();
     let flags: Vec<&str> = PROBE_FLAGS
         .iter()
