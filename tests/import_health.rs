@@ -408,11 +408,7 @@ async fn tcp_mode_follows_a_server_killed_and_restarted_but_not_one_stopped() {
         mut servers,
     } = estate("health-tcp", 2, "ledger").await;
     let kubeconfig = scope.bridge_kubeconfig();
-    let flags: Vec<&str> = PROBE_FLAGS
-        .iter()
-        .copied()
-        .chain(["--probe-mode=tcp"])
-        .collect();
+    let flags = [PROBE_FLAGS, &["--probe-mode=tcp"]].concat();
     let mut bridge = scope.bridge(&kubeconfig, &flags);
     bridge.ready(WAIT).await;
     let apis = Apis::new(scope.kube().await, &scope.namespace);
@@ -504,11 +500,7 @@ async fn a_killed_leaders_standby_takes_over_without_flapping_conditions() {
         ..
     } = estate("health-failover", 3, "orders").await;
     let kubeconfig = scope.bridge_kubeconfig();
-    let flags: Vec<&str> = PROBE_FLAGS
-        .iter()
-        .copied()
-        .chain(["--lease-duration=3s"])
-        .collect();
+    let flags = [PROBE_FLAGS, &["--lease-duration=3s"]].concat();
     let mut leader = scope.bridge(&kubeconfig, &flags);
     leader.leading(WAIT).await;
     let mut standby = scope.bridge(&kubeconfig, &flags);

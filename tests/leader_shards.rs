@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use etcd_bridge::leader::Holding;
 use etcd_bridge::leader::shards::{ShardSpec, Shards};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use tokio::sync::watch;
 const BUCKETS: u32 = 6;
 const DURATION: Duration = Duration::from_secs(3);
 
-type Held = watch::Receiver<BTreeSet<u32>>;
+type Held = watch::Receiver<Holding>;
 
 fn spec(scope: &Scope, identity: &str) -> ShardSpec {
     ShardSpec {
@@ -48,7 +49,7 @@ impl Monitor {
                     for b in 0..BUCKETS {
                         let holders: Vec<&String> = live
                             .iter()
-                            .filter(|(_, h)| h.borrow().contains(&b))
+                            .filter(|(_, h)| h.borrow().held().contains(&b))
                             .map(|(id, _)| id)
                             .collect();
                         if holders.len() > 1 {
@@ -78,7 +79,7 @@ impl Monitor {
     fn held(&self) -> Vec<(String, BTreeSet<u32>)> {
         let live = self.live.lock().unwrap();
         live.iter()
-            .map(|(id, h)| (id.clone(), h.borrow().clone()))
+            .map(|(id, h)| (id.clone(), h.borrow().held().clone()))
             .collect()
     }
 

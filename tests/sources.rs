@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
+use etcd_bridge_testbed::first_seen::FirstSeen;
 use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
 use kube::ResourceExt;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -347,30 +347,13 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
     assert!(bridge.proc.is_running(), "the bridge is still up");
 }
 
-/// When each Service of the namespace was first seen, from a watch (no polling delay).
-fn track_services(apis: &Apis) -> std::sync::Arc<std::sync::Mutex<BTreeMap<String, Instant>>> {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-    let (api, out) = (apis.services.clone(), seen.clone());
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default()).applied_objects();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(svc)) = stream.next().await {
-            let mut seen = out.lock().unwrap();
-            seen.entry(svc.name_any()).or_insert_with(Instant::now);
-        }
-    });
-    seen
-}
-
 /// Puts `n` services, `gap` apart, and returns each one's propagation (PUT sent to Service seen).
 async fn propagation(
     etcd: &mut etcd_client::Client,
     prefix: &str,
     base: &str,
     n: usize,
-    seen: &std::sync::Mutex<BTreeMap<String, Instant>>,
+    seen: &FirstSeen,
 ) -> Vec<Duration> {
     let mut sent = Vec::new();
     for i in 0..n {
@@ -388,7 +371,7 @@ async fn propagation(
     let mut out = Vec::new();
     for (name, at) in sent {
         let seen_at = eventually(&format!("Service {name}"), WAIT, || async {
-            seen.lock().unwrap().get(&name).copied()
+            seen.at(&name)
         })
         .await;
         out.push(seen_at.saturating_duration_since(at));
@@ -431,7 +414,7 @@ async fn a_frozen_source_leaves_the_others_propagation_unchanged() {
         .await;
     }
     converged(&apis, "b19", &["10.76.0.20"], WAIT).await;
-    let seen = track_services(&apis);
+    let seen = FirstSeen::start(apis.services.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let n = 40;
     let before = propagation(&mut ea, &p, "before", n, &seen).await;

@@ -16,15 +16,14 @@ use crate::audit::writes_json;
 use crate::bridge::{BRIDGE_OWNED, Bridge, note_log_warnings, stop_bridge};
 use crate::changes::{converge, create_namespace};
 use crate::harness::{progress, step};
-use crate::model::{TXN_OPS, fresh_ip};
+use crate::model::{fresh_ip, put_kvs};
 use crate::shapes::{SIX, entry};
 use crate::stats::{dur_json, r3, secs};
 use crate::tracker::Tracker;
 use etcd_bridge::format::Format;
-use etcd_client::{DeleteOptions, Txn, TxnOp};
+use etcd_client::DeleteOptions;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
-use std::time::Instant;
 
 /// Endpoints per Service, as in the import estate.
 const PER_SERVICE: usize = 10;
@@ -125,18 +124,7 @@ async fn estate(ctx: &mut Ctx, e: &Estate) -> Value {
     create_namespace(&ctx.client, &ns).await;
     let tracker = Tracker::start(ctx.client.clone(), &ns, BRIDGE_OWNED);
     tracker.synced().await;
-    let load = Instant::now();
-    for chunk in kvs.chunks(TXN_OPS) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
-            .collect();
-        ctx.etcd
-            .txn(Txn::new().and_then(ops))
-            .await
-            .unwrap_or_else(|err| panic!("etcd txn (formats, {}): {err}", e.label));
-    }
-    let load = load.elapsed();
+    let load = put_kvs(&mut ctx.etcd, &kvs, &format!("formats, {}", e.label)).await;
     progress(&format!("{total} puts in {:.2} s", load.as_secs_f64()));
     let prefix_arg = e
         .prefixes

@@ -21,13 +21,13 @@ use crate::cpu::cpu_secs;
 use crate::harness::{block, progress, step};
 use crate::health::{all_probed, probe_flags, start_server};
 use crate::metrics::histogram;
-use crate::model::TXN_OPS;
+use crate::model::put_kvs;
 use crate::stats::{r3, secs};
 use crate::tracker::Tracker;
 use etcd_bridge_testbed::netns::{Netns, ip};
 use etcd_bridge_testbed::process::Proc;
 use etcd_bridge_testbed::seed::{seed_key, seed_value};
-use etcd_client::{DeleteOptions, Txn, TxnOp};
+use etcd_client::DeleteOptions;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -123,16 +123,7 @@ pub async fn section(ctx: &mut Ctx) -> Value {
         ));
         want.entry(name).or_default().insert(a.to_string());
     }
-    for chunk in kvs.chunks(TXN_OPS) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
-            .collect();
-        ctx.etcd
-            .txn(Txn::new().and_then(ops))
-            .await
-            .unwrap_or_else(|e| panic!("etcd txn (health at scale): {e}"));
-    }
+    put_kvs(&mut ctx.etcd, &kvs, "health at scale").await;
     create_namespace(&ctx.client, ns).await;
     let tracker = Tracker::start(ctx.client.clone(), ns, BRIDGE_OWNED);
     tracker.synced().await;

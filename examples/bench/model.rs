@@ -90,20 +90,29 @@ pub fn reg_value(service: &str, ip: &str) -> String {
     seed_value(service, "", &format!("{ip}:{PORT}"), 10)
 }
 
-/// Puts `regs` in txns of at most [`TXN_OPS`] puts, one after another, as fast as etcd takes
-/// them. Returns how long it took.
+/// Puts the registrations `regs` (service, ip) in txns of at most [`TXN_OPS`] puts, one after
+/// another, as fast as etcd takes them. Returns how long it took.
 pub async fn put_all(
     etcd: &mut Etcd,
     prefix: &str,
     regs: &[(String, String)],
     what: &str,
 ) -> Duration {
+    let kvs: Vec<(String, String)> = (regs.iter())
+        .map(|(s, ip)| (reg_key(prefix, s, ip), reg_value(s, ip)))
+        .collect();
+    put_kvs(etcd, &kvs, what).await
+}
+
+/// Puts `kvs` (key, value) in txns of at most [`TXN_OPS`] puts, one after another. Returns how
+/// long it took.
+pub async fn put_kvs(etcd: &mut Etcd, kvs: &[(String, String)], what: &str) -> Duration {
     let started = Instant::now();
     let mut last_report = Instant::now();
-    for (i, chunk) in regs.chunks(TXN_OPS).enumerate() {
+    for (i, chunk) in kvs.chunks(TXN_OPS).enumerate() {
         let ops: Vec<TxnOp> = chunk
             .iter()
-            .map(|(s, ip)| TxnOp::put(reg_key(prefix, s, ip), reg_value(s, ip), None))
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
             .collect();
         etcd.txn(Txn::new().and_then(ops))
             .await
@@ -113,7 +122,7 @@ pub async fn put_all(
             progress(&format!(
                 "{what}: {} of {} puts",
                 (i + 1) * TXN_OPS,
-                regs.len()
+                kvs.len()
             ));
         }
     }

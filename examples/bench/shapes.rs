@@ -6,14 +6,7 @@ use etcd_bridge::format::Format;
 use etcd_bridge_testbed::seed::{seed_key, seed_value};
 
 /// The six formats a prefix can be in (`auto` is not a layout of its own).
-pub const SIX: [Format; 6] = [
-    Format::Seed,
-    Format::EtcdNaming,
-    Format::GoZero,
-    Format::Kratos,
-    Format::GoMicro,
-    Format::Kitex,
-];
+pub const SIX: [Format; 6] = Format::LAYOUTS;
 
 /// The port each framework's example servers use in the fixtures.
 pub fn port(format: Format) -> u16 {

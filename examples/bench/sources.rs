@@ -10,18 +10,12 @@ use crate::changes::create_namespace;
 use crate::harness::{block, progress, step};
 use crate::model::{fresh_ip, reg_key, reg_value};
 use crate::stats::{Stats, r3};
+use etcd_bridge_testbed::first_seen::FirstSeen;
 use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 pub async fn section(ctx: &mut Ctx) -> Value {
     let (ns, prefix) = ("bench-sources", "/bench-sources/");
@@ -78,8 +72,8 @@ pub async fn section(ctx: &mut Ctx) -> Value {
         bridge.ready(ctx.sz.restart_timeout).await.is_some(),
         "sources: the bridge never got ready"
     );
-    let seen = track(Api::namespaced(ctx.client.clone(), ns));
-    wait_for(&seen, "other-19").await;
+    let seen = FirstSeen::start(Api::<Service>::namespaced(ctx.client.clone(), ns));
+    seen.wait("other-19", Duration::from_secs(30)).await;
 
     let before = propagation(ctx, prefix, "before", n, &seen).await;
     other.freeze();
@@ -136,36 +130,14 @@ pub fn brief(v: &Value) -> String {
     )
 }
 
-/// When each Service of `api` was first seen.
-fn track(api: Api<Service>) -> Seen {
-    let seen: Seen = Arc::default();
-    let out = seen.clone();
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default()).applied_objects();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(svc)) = stream.next().await {
-            let mut seen = out.lock().unwrap();
-            seen.entry(svc.name_any()).or_insert_with(Instant::now);
-        }
-    });
-    seen
-}
-
-async fn wait_for(seen: &Seen, name: &str) -> Option<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(at) = seen.lock().unwrap().get(name) {
-            return Some(*at);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `n` new services, 100 ms apart, each timed from its PUT to its Service.
-async fn propagation(ctx: &mut Ctx, prefix: &str, phase: &str, n: usize, seen: &Seen) -> Stats {
+async fn propagation(
+    ctx: &mut Ctx,
+    prefix: &str,
+    phase: &str,
+    n: usize,
+    seen: &FirstSeen,
+) -> Stats {
     let mut sent = Vec::new();
     for i in 0..n {
         let (name, ip) = (format!("{phase}-{i}"), fresh_ip());
@@ -180,7 +152,7 @@ async fn propagation(ctx: &mut Ctx, prefix: &str, phase: &str, n: usize, seen: &
     let mut samples = Vec::new();
     let mut missed = 0;
     for (name, at) in sent {
-        match wait_for(seen, &name).await {
+        match seen.wait(&name, Duration::from_secs(30)).await {
             Some(t) => samples.push(t.saturating_duration_since(at).as_secs_f64() * 1e3),
             None => missed += 1,
         }

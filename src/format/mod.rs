@@ -58,15 +58,20 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 7] = [
+    /// The registry layouts (every format but `auto`, which sniffs among them).
+    pub const LAYOUTS: [Format; 6] = [
         Format::Seed,
         Format::EtcdNaming,
         Format::GoZero,
         Format::Kratos,
         Format::GoMicro,
         Format::Kitex,
-        Format::Auto,
     ];
+
+    pub const ALL: [Format; 7] = {
+        let l = Format::LAYOUTS;
+        [l[0], l[1], l[2], l[3], l[4], l[5], Format::Auto]
+    };
 
     /// The name used in `--prefix=/p/=NAME`, Helm values, metrics and `preview`.
     pub fn label(&self) -> &'static str {

@@ -59,14 +59,19 @@ impl Holding {
 
     /// Whether this replica writes the imported Service `name` of `source` (and its slices).
     pub fn service(&self, source: &str, name: &str) -> bool {
-        self.held
-            .contains(&buckets::of_service(source, name, self.buckets))
+        // One bucket (the default): no hash on every Service of every flush.
+        self.buckets == 1 && self.any()
+            || self
+                .held
+                .contains(&buckets::of_service(source, name, self.buckets))
     }
 
     /// Whether this replica writes the keys and status of the EtcdRegistration `namespace/name`.
     pub fn registration(&self, namespace: &str, name: &str) -> bool {
-        self.held
-            .contains(&buckets::of_registration(namespace, name, self.buckets))
+        self.buckets == 1 && self.any()
+            || self
+                .held
+                .contains(&buckets::of_registration(namespace, name, self.buckets))
     }
 
     /// Whether `self` holds a bucket that `before` did not: the objects of those buckets need a

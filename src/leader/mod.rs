@@ -42,24 +42,11 @@ impl Leadership {
     /// Joins the bucket Leases described by `spec` (more than one bucket): the buckets this
     /// replica holds are published as they change.
     pub fn shard(client: Client, spec: shards::ShardSpec) -> Self {
-        let n = spec.buckets;
         let joined = shards::Shards::join(client, spec);
-        let mut held = joined.held.clone();
-        let (tx, holding) = watch::channel(Holding::none(n));
-        let task = tokio::spawn(async move {
-            loop {
-                let now = Holding::of(n, held.borrow_and_update().iter().copied());
-                tx.send_if_modified(|h| std::mem::replace(h, now.clone()) != now);
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    changed = held.changed() => if changed.is_err() { return },
-                }
-            }
-        });
         Leadership {
-            holding,
+            holding: joined.held.clone(),
             _always: None,
-            task: Some(task),
+            task: None,
             shards: Some(joined),
         }
     }

@@ -14,13 +14,14 @@
 
 use crate::error::{Error, Result};
 use crate::labels;
+use crate::leader::Holding;
 use crate::leader::buckets::{self, Act, Seen};
 use crate::leader::observe::{Observer, Record, valid_until};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
@@ -54,14 +55,14 @@ pub fn member_lease(base: &str, identity: &str) -> String {
 
 /// The buckets this replica may write, as a watch channel; [`Shards::release`] leaves.
 pub struct Shards {
-    pub held: watch::Receiver<BTreeSet<u32>>,
+    pub held: watch::Receiver<Holding>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Shards {
     pub fn join(client: Client, spec: ShardSpec) -> Shards {
-        let (tx, held) = watch::channel(BTreeSet::new());
+        let (tx, held) = watch::channel(Holding::none(spec.buckets));
         let (stop, stopped) = oneshot::channel();
         let keeper = Keeper {
             api: Api::namespaced(client, &spec.namespace),
@@ -111,7 +112,7 @@ struct Keeper {
     held: BTreeMap<u32, Instant>,
     /// Buckets given up, unpublished since the instant noted; released after DRAIN.
     draining: BTreeMap<u32, Instant>,
-    tx: watch::Sender<BTreeSet<u32>>,
+    tx: watch::Sender<Holding>,
 }
 
 impl Keeper {
@@ -153,11 +154,11 @@ impl Keeper {
             }
             valid
         });
-        let set: BTreeSet<u32> = self.held.keys().copied().collect();
+        let set = Holding::of(self.spec.buckets, self.held.keys().copied());
         self.tx.send_if_modified(|old| {
             let changed = *old != set;
             if changed {
-                tracing::info!(buckets = ?set, "buckets held");
+                tracing::info!(buckets = ?set.held(), "buckets held");
                 *old = set.clone();
             }
             changed

@@ -20,8 +20,8 @@ pub enum Follow {
     Closed,
     /// A stream was asked for; no status has come yet.
     Opening,
-    /// A stream is open; the last status it streamed.
-    Open(Outcome),
+    /// A stream is open (each status it streams is a result at once).
+    Open,
     /// The server answered Watch with UNIMPLEMENTED: it is checked periodically from now on.
     CheckOnly,
 }
@@ -68,7 +68,7 @@ pub fn tick(watch: bool, follow: Follow) -> (Tick, Follow) {
         (true, Follow::Closed) => (Tick::OpenStream, Follow::Opening),
         (true, Follow::Opening) => (Tick::Wait, Follow::Opening),
         // Liveness: a silent stream cannot tell a wedged server from a steady one.
-        (true, f @ Follow::Open(_)) => (Tick::Check, f),
+        (true, Follow::Open) => (Tick::Check, Follow::Open),
     }
 }
 
@@ -81,7 +81,7 @@ pub fn event(follow: Follow, event: Event) -> Step {
         fell_back,
     };
     match event {
-        Event::Status(o) => step(Follow::Open(o), Some(o), false, false),
+        Event::Status(o) => step(Follow::Open, Some(o), false, false),
         // Re-opened at the next tick, not at once: a server that drops every stream must not
         // be hammered.
         Event::OpenFailed(o) => step(Follow::Closed, Some(o), false, false),
@@ -100,7 +100,7 @@ mod tests {
         for f in [
             Follow::Closed,
             Follow::Opening,
-            Follow::Open(Serving),
+            Follow::Open,
             Follow::CheckOnly,
         ] {
             assert_eq!(tick(false, f), (Tick::Check, f));
@@ -114,23 +114,20 @@ mod tests {
         // Still opening at the next tick: no second stream, no Check.
         assert_eq!(tick(true, f), (Tick::Wait, Follow::Opening));
         let s = event(f, Event::Status(Serving));
-        assert_eq!(s.follow, Follow::Open(Serving));
+        assert_eq!(s.follow, Follow::Open);
         assert_eq!(s.result, Some(Serving));
         // Open: a Check at every tick proves the server still answers; the stream stays open.
         for _ in 0..3 {
-            assert_eq!(tick(true, s.follow), (Tick::Check, Follow::Open(Serving)));
+            assert_eq!(tick(true, s.follow), (Tick::Check, Follow::Open));
         }
         // Every streamed status is a result at once.
         let s = event(s.follow, Event::Status(NotServing));
-        assert_eq!(
-            (s.follow, s.result),
-            (Follow::Open(NotServing), Some(NotServing))
-        );
+        assert_eq!((s.follow, s.result), (Follow::Open, Some(NotServing)));
     }
 
     #[test]
     fn a_stream_that_ends_is_a_failure_and_is_reopened_at_the_next_tick() {
-        let s = event(Follow::Open(Serving), Event::Ended);
+        let s = event(Follow::Open, Event::Ended);
         assert_eq!(s.follow, Follow::Closed);
         assert_eq!(s.result, Some(Unreachable));
         assert!(!s.check_now);

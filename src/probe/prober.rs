@@ -236,7 +236,7 @@ impl Prober {
         };
         let step = follow::event(slot.follow, event);
         slot.follow = step.follow;
-        if !matches!(step.follow, Follow::Open(_)) {
+        if step.follow != Follow::Open {
             slot.stream = None;
         }
         if step.fell_back {

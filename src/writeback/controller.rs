@@ -200,11 +200,9 @@ fn forget_when_not_leading(
                     if changed.is_err() {
                         return;
                     }
+                    // Holding nothing forgets every key.
                     let now = leader.borrow_and_update().clone();
-                    match now.any() {
-                        false => leases.forget_all().await,
-                        true => leases.forget_unless(|(ns, name)| now.registration(ns, name)).await,
-                    }
+                    leases.forget_unless(|(ns, name)| now.registration(ns, name)).await;
                 }
             }
         }

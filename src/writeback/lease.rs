@@ -89,15 +89,10 @@ impl Leases {
     }
 
     /// This replica no longer writes the objects that `keep` refuses (their bucket went to another
-    /// replica, which moves their keys to its own leases).
+    /// replica, or it leads no more): the new writer moves their keys to its own leases, so their
+    /// slots here are free; the leases stay alive for when it writes again.
     pub async fn forget_unless(&self, keep: impl Fn(&Owner) -> bool) {
         self.pool.lock().await.forget_unless(keep);
-    }
-
-    /// This replica stopped writing (no longer the leader): the next leader moves every key to its
-    /// own leases, so ours are empty; they stay alive for when it writes again.
-    pub async fn forget_all(&self) {
-        self.pool.lock().await.forget_all();
     }
 
     /// etcd does not have lease `id` (a Put with it was refused): as when its keepalive finds it

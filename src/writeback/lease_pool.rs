@@ -157,16 +157,6 @@ impl<O: Ord + Clone> LeasePool<O> {
         }
     }
 
-    /// Forgets every key, keeping the leases (empty): this replica no longer writes (it lost the
-    /// leadership), and whoever writes next moves the keys to its own leases.
-    pub fn forget_all(&mut self) {
-        self.keys.clear();
-        self.wants.clear();
-        for keys in self.leases.values_mut() {
-            keys.clear();
-        }
-    }
-
     fn unown(&mut self, owner: &O, key: &str) {
         let Some(slot) = self.keys.get_mut(key) else {
             return;
@@ -400,7 +390,7 @@ mod tests {
         pool.forget(&a);
         assert_eq!(pool.usage(), [(1, 0)]);
         place_granting(&mut pool, &mut next, "b", &keys("b", 2));
-        pool.forget_all();
+        pool.forget_unless(|_| false);
         assert_eq!(pool.usage(), [(1, 0)], "the leases stay, empty");
         assert_eq!(pool.lease_of("/b/0"), None);
     }

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod bridge;
 pub mod control_plane;
 pub mod etcd;
+pub mod first_seen;
 pub mod go;
 pub mod grpc_tools;
 pub mod kube_proxy;
