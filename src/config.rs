@@ -183,6 +183,11 @@ pub struct RunArgs {
     /// The flags' registry stays the source named `default`.
     #[arg(long, env = "ETCD_BRIDGE_SOURCES", default_value_t = false, action = clap::ArgAction::Set)]
     pub sources: bool,
+    /// Namespaces besides --namespace that an EtcdSource's `targetNamespace` may name (comma
+    /// separated). The bridge keeps a cluster view and a reconciler per namespace, and needs
+    /// a Role in each (the chart's `targetNamespaces`).
+    #[arg(long, env = "ETCD_BRIDGE_TARGET_NAMESPACES", value_delimiter = ',')]
+    pub target_namespaces: Vec<String>,
     #[command(flatten)]
     pub writeback: WritebackArgs,
     #[command(flatten)]
@@ -488,6 +493,43 @@ impl EtcdArgs {
     }
 }
 
+/// A namespace name is a DNS label.
+fn namespace_name(flag: &str, n: &str) -> Result<()> {
+    if n.is_empty()
+        || n.len() > 63
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || n.starts_with('-')
+        || n.ends_with('-')
+    {
+        return Err(Error::Config(format!(
+            "{flag} `{n}` is not a valid namespace name (lowercase letters, digits and `-`)"
+        )));
+    }
+    Ok(())
+}
+
+impl RunArgs {
+    /// Every namespace the bridge projects into: --namespace first, then --target-namespaces
+    /// (each once).
+    pub fn namespaces(&self) -> Result<Vec<String>> {
+        let mut out = vec![self.projection.namespace.clone()];
+        for n in &self.target_namespaces {
+            namespace_name("--target-namespaces", n)?;
+            if !self.sources {
+                return Err(Error::Config(
+                    "--target-namespaces is for EtcdSource objects' targetNamespace: add --sources=true".into(),
+                ));
+            }
+            if !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl ProjectionArgs {
     /// The instance goes into a label value, and the namespace must be a DNS label.
     pub fn validate(&self) -> Result<()> {
@@ -503,20 +545,7 @@ impl ProjectionArgs {
                 "--instance `{i}` must be a Kubernetes label value: at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit"
             )));
         }
-        let n = &self.namespace;
-        if n.is_empty()
-            || n.len() > 63
-            || !n
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            || n.starts_with('-')
-            || n.ends_with('-')
-        {
-            return Err(Error::Config(format!(
-                "--namespace `{n}` is not a valid namespace name (lowercase letters, digits and `-`)"
-            )));
-        }
-        Ok(())
+        namespace_name("--namespace", &self.namespace)
     }
 
     pub fn projection_config(&self) -> crate::projection::ProjectionConfig {
@@ -607,6 +636,37 @@ mod tests {
                 .to_string()
                 .contains("unknown registry format")
         );
+    }
+
+    fn run(args: &[&str]) -> RunArgs {
+        let mut all = vec!["etcd-bridge", "run"];
+        all.extend_from_slice(args);
+        match Cli::parse_from(all).command {
+            Command::Run(r) => *r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn target_namespaces_add_to_the_bridges_own_and_need_sources() {
+        let ns = |args: &[&str]| run(args).namespaces();
+        assert_eq!(ns(&[]).unwrap(), ["default"]);
+        assert_eq!(
+            ns(&[
+                "--namespace=grpc",
+                "--sources=true",
+                "--target-namespaces=eu,us,grpc,eu"
+            ])
+            .unwrap(),
+            ["grpc", "eu", "us"],
+            "--namespace first, each once"
+        );
+        let e = ns(&["--target-namespaces=eu"]).unwrap_err().to_string();
+        assert!(e.contains("--sources=true"), "{e}");
+        let e = ns(&["--sources=true", "--target-namespaces=EU"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--target-namespaces `EU`"), "{e}");
     }
 
     #[test]

@@ -8,32 +8,47 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What `/readyz` reports.
-#[derive(Default)]
+/// What `/readyz` reports. Each projected namespace's reconciler marks its own first sync;
+/// the bridge is ready once all have, and the flags' registry answers.
 pub struct Health {
-    synced: AtomicBool,
+    unsynced: Mutex<BTreeSet<String>>,
     etcd: AtomicBool,
 }
 
 impl Health {
-    pub fn set_synced(&self) {
-        self.synced.store(true, Ordering::Release);
+    /// `parts`: the reconcilers (by namespace) that must each finish a first sync.
+    pub fn new(parts: impl IntoIterator<Item = String>) -> Self {
+        Health {
+            unsynced: Mutex::new(parts.into_iter().collect()),
+            etcd: AtomicBool::new(false),
+        }
+    }
+    pub fn set_synced(&self, part: &str) {
+        // A poisoned lock only means another reconciler panicked mid-insert: the set is fine.
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        unsynced.remove(part);
     }
     pub fn set_etcd(&self, up: bool) {
         self.etcd.store(up, Ordering::Release);
     }
     /// Why the bridge is not ready, or `None` when it is.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<String> {
+        let unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
         if !self.etcd.load(Ordering::Acquire) {
-            Some("etcd is unreachable; the last known state is kept")
-        } else if !self.synced.load(Ordering::Acquire) {
-            Some("the first complete sync has not finished")
+            Some("etcd is unreachable; the last known state is kept".into())
+        } else if !unsynced.is_empty() {
+            let parts: Vec<&str> = unsynced.iter().map(String::as_str).collect();
+            Some(format!(
+                "the first complete sync has not finished (namespace {})",
+                parts.join(", ")
+            ))
         } else {
             None
         }
@@ -85,7 +100,7 @@ pub async fn serve(
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     match s.health.not_ready() {
         None => (StatusCode::OK, "ok".to_string()),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -97,4 +112,24 @@ async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_once_every_namespace_synced_and_etcd_answers() {
+        let h = Health::new(["grpc".to_owned(), "eu".to_owned()]);
+        assert!(h.not_ready().unwrap().contains("etcd"));
+        h.set_etcd(true);
+        h.set_synced("grpc");
+        h.set_synced("grpc");
+        let why = h.not_ready().unwrap();
+        assert!(why.contains("namespace eu"), "{why}");
+        h.set_synced("eu");
+        assert_eq!(h.not_ready(), None);
+        h.set_etcd(false);
+        assert!(h.not_ready().is_some());
+    }
 }

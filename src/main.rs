@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use etcd_bridge::config::{Cli, Command, CrdKind, LogFormat, PreviewArgs, PreviewOutput, RunArgs};
+use etcd_bridge::config::{
+    Cli, Command, CrdKind, LogFormat, PreviewArgs, PreviewOutput, ProjectionArgs, RunArgs,
+};
 use etcd_bridge::http::{self, Health};
 use etcd_bridge::import::{self, Reconciler, Tuning};
 use etcd_bridge::k8s::{ClusterView, Writer};
@@ -101,6 +103,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.etcd.validate()?;
     args.projection.validate()?;
     let probed = args.probe.selector(&args.etcd)?;
+    let namespaces = args.namespaces()?;
     if args.writeback.enabled {
         etcd_bridge::writeback::policy::Policy::parse(&args.writeback.policy)?;
         anyhow::ensure!(
@@ -117,7 +120,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = http::bind(args.listen).await?;
     let client = kube_client(&args).await?;
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(namespaces.clone()));
 
     let server = {
         let (health, metrics, shutdown) = (health.clone(), metrics.clone(), shutdown.clone());
@@ -132,9 +135,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let ns = &args.projection.namespace;
-    let (view, cluster_rx) = ClusterView::start(client.clone(), ns, &args.projection.instance);
-    let writer = Writer::new(client.clone(), view, metrics.clone());
-
     let default_source =
         etcd_bridge::source::spec::from_flags(&args.etcd, &args.projection, &args.writeback);
     let (tx, etcd_rx) = tokio::sync::mpsc::channel(1024);
@@ -201,7 +201,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             reports,
             leadership.holding.clone(),
-        );
+        )
+        .with_namespaces(namespaces.clone());
         tokio::spawn(supervisor.run(shutdown.clone()));
     }
     drop(tx);
@@ -216,53 +217,74 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ))
     });
-    let reconciler = Reconciler::new(
-        vec![default_source.clone()],
-        args.projection.aggregate,
-        (!args.writeback.import_own).then_some(args.projection.instance.as_str()),
-        ProjectionConfig {
-            buckets: args.leader_buckets,
-            ..args.projection.projection_config()
-        },
-        Tuning {
-            coalesce: args.coalesce,
-            coalesce_max: args.coalesce_max,
-            resync: args.resync_interval,
-            max_delete_ratio: args.max_delete_ratio,
-            mass_delete_min: args.mass_delete_min,
-            delete_confirm_delay: args.delete_confirm_delay,
-        },
-        metrics.clone(),
-        health.clone(),
-    );
-    let reconciler = match args.sources {
-        true => reconciler.with_source_objects().with_reports(reports_tx),
-        false => reconciler,
-    };
-    // Health checks, when --probe names anything: the prober probes what the leader's
-    // reconciler plans, and sends back each change of verdict.
-    let reconciler = if probed.is_empty() {
-        reconciler
-    } else {
-        let (link, ends) = Link::new(probed, args.probe.panic_threshold);
-        tokio::spawn(probe::prober::run(
-            args.probe.settings(),
-            ends.plans,
-            ends.verdicts,
+    // One reconciler per projected namespace, each with its own view of the cluster; the
+    // router sends each source's updates to the one its targetNamespace names.
+    let mut routes = std::collections::BTreeMap::new();
+    let mut projections = Vec::new();
+    for (i, target) in namespaces.iter().enumerate() {
+        let (route_tx, route_rx) = tokio::sync::mpsc::channel(1024);
+        routes.insert(target.clone(), route_tx);
+        let (view, cluster_rx) =
+            ClusterView::start(client.clone(), target, &args.projection.instance);
+        let writer = Writer::new(client.clone(), view, metrics.clone());
+        // The flags' registry projects into --namespace, the first.
+        let start = (i == 0).then(|| default_source.clone());
+        let reconciler = Reconciler::new(
+            start.into_iter().collect(),
+            args.projection.aggregate,
+            (!args.writeback.import_own).then_some(args.projection.instance.as_str()),
+            ProjectionConfig {
+                buckets: args.leader_buckets,
+                namespace: target.clone(),
+                ..args.projection.projection_config()
+            },
+            Tuning {
+                coalesce: args.coalesce,
+                coalesce_max: args.coalesce_max,
+                resync: args.resync_interval,
+                max_delete_ratio: args.max_delete_ratio,
+                mass_delete_min: args.mass_delete_min,
+                delete_confirm_delay: args.delete_confirm_delay,
+            },
             metrics.clone(),
+            health.clone(),
+        );
+        let reconciler = match args.sources {
+            true => reconciler
+                .with_source_objects()
+                .with_reports(reports_tx.clone()),
+            false => reconciler,
+        };
+        // Health checks, when --probe names anything: the prober probes what the leader's
+        // reconciler plans, and sends back each change of verdict.
+        let reconciler = if probed.is_empty() {
+            reconciler
+        } else {
+            let (link, ends) = Link::new(probed.clone(), args.probe.panic_threshold);
+            tokio::spawn(probe::prober::run(
+                args.probe.settings(),
+                ends.plans,
+                ends.verdicts,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+            reconciler.with_probes(link)
+        };
+        projections.push(import::run(
+            reconciler,
+            writer,
+            route_rx,
+            cluster_rx,
+            leadership.holding.clone(),
             shutdown.clone(),
         ));
-        reconciler.with_probes(link)
-    };
-    import::run(
-        reconciler,
-        writer,
-        etcd_rx,
-        cluster_rx,
-        leadership.holding.clone(),
-        shutdown.clone(),
-    )
-    .await;
+    }
+    let router = import::route::Router::new(
+        namespaces.clone(),
+        [(default_source.name.clone(), ns.clone())],
+    );
+    tokio::spawn(import::route::fan_out(router, etcd_rx, routes));
+    futures::future::join_all(projections).await;
     shutdown.cancel();
     if let Some(mut w) = writeback {
         // kube-runtime's Controller may not wind down while its watch keeps failing (no CRD):
@@ -290,7 +312,12 @@ async fn preview_cmd(args: PreviewArgs) -> anyhow::Result<()> {
         None => etcd_bridge::source::spec::from_etcd_flags(&args.etcd, &args.projection),
         Some(path) => source_from_files(&args, path)?,
     };
-    let report = preview::preview(&source, &args.projection, &args.probe).await?;
+    // Objects go where the source projects: --namespace, or an EtcdSource's targetNamespace.
+    let projection = ProjectionArgs {
+        namespace: source.target_namespace.clone(),
+        ..args.projection.clone()
+    };
+    let report = preview::preview(&source, &projection, &args.probe).await?;
     match args.output {
         PreviewOutput::Table => print!("{}", report.table()),
         PreviewOutput::Json => println!("{}", serde_json::to_string_pretty(&report.objects())?),
@@ -319,8 +346,10 @@ fn source_from_files(
         (None, Some(_)) => spec::Secret::Unreadable("give it with --secret-file"),
         (None, None) => spec::Secret::NotNamed,
     };
+    // Preview writes nothing: whatever namespace the file names is one it may show.
     let ctx = spec::Context {
         namespace: &args.projection.namespace,
+        namespaces: obj.spec.target_namespace.as_slice(),
         timeout: args.etcd.timeout,
         reserved: &[],
     };

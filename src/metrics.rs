@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -253,6 +254,28 @@ impl Default for Metrics {
     }
 }
 
+/// One writer's share of a gauge that several set: each projected namespace's reconciler
+/// counts its own Services, and the gauge shows the sum.
+#[derive(Debug)]
+pub struct Share {
+    gauge: Gauge,
+    mine: AtomicI64,
+}
+
+impl Share {
+    pub fn of(gauge: &Gauge) -> Self {
+        Share {
+            gauge: gauge.clone(),
+            mine: AtomicI64::new(0),
+        }
+    }
+
+    pub fn set(&self, v: i64) {
+        let before = self.mine.swap(v, Ordering::Relaxed);
+        self.gauge.inc_by(v - before);
+    }
+}
+
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
@@ -301,5 +324,17 @@ mod tests {
             text.contains(r#"etcd_bridge_skipped_registrations_total{reason="missing_port"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn shares_of_a_gauge_add_up() {
+        let g = Gauge::default();
+        let (a, b) = (Share::of(&g), Share::of(&g));
+        a.set(10);
+        b.set(5);
+        a.set(7);
+        assert_eq!(g.get(), 12);
+        b.set(0);
+        assert_eq!(g.get(), 7);
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// What `--sources` adds to [`BRIDGE_ROLE`]: reading EtcdSources and the one Secret a source
+/// What `--sources` adds to [`bridge_role`]: reading EtcdSources and the one Secret a source
 /// names (the chart renders the same, from `sources.secretNames`).
 const SOURCES_ROLE: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
@@ -636,6 +636,117 @@ async fn the_flags_registry_expires_after_stale_after_too() {
     a.thaw();
     converged(&apis, "alpha", &["10.79.0.1"], WAIT).await;
     assert_eq!(bridge.metric("etcd_bridge_stale_sources"), Some(0.0));
+}
+
+/// The names of the Services in `apis`' namespace.
+async fn service_names(apis: &Apis) -> Vec<String> {
+    let list = apis.services.list(&Default::default()).await.expect("list");
+    let mut names: Vec<String> = list.items.iter().map(|s| s.name_any()).collect();
+    names.sort();
+    names
+}
+
+/// Each source projects into its targetNamespace (one of `--target-namespaces`), with names of
+/// that namespace; a namespace the bridge is not given is refused in the status; a source that
+/// moves takes its Services along.
+#[tokio::test]
+async fn a_source_projects_into_its_target_namespace_and_moves_with_it() {
+    let a = private_etcd("sources-ns-a");
+    let b = private_etcd("sources-ns-b");
+    let scope = Scope::with_registry("sourcesns", &a.endpoint());
+    install_crd(&scope);
+    let kubeconfig = scope.bridge_kubeconfig();
+    scope.apply(SOURCES_ROLE);
+    let eu = unique("sourcesns-eu");
+    let cluster = &scope.bed.cluster;
+    cluster
+        .create_namespace(&eu)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = cluster.kubectl_stdin(
+        &["apply", "-n", &eu, "-f", "-"],
+        &import_role(&scope.namespace),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let extra = format!(", targetNamespace: {eu}");
+    source(&scope, "region-eu", &b.endpoint(), &extra);
+    source(
+        &scope,
+        "region-us",
+        &b.endpoint(),
+        ", targetNamespace: not-given",
+    );
+    let target = format!("--target-namespaces={eu}");
+    let mut bridge = scope.bridge(&kubeconfig, &["--sources=true", &target]);
+    bridge.ready(WAIT).await;
+    let kube = scope.kube().await;
+    let (home, away) = (
+        Apis::new(kube.clone(), &scope.namespace),
+        Apis::new(kube, &eu),
+    );
+    let (mut ea, mut eb) = (scope.etcd().await, connect(&b.endpoint()).await);
+    let p = scope.prefix.clone();
+
+    put(&mut ea, &p, "alpha", "10.80.0.1:80").await;
+    put(&mut eb, &p, "beta", "10.80.1.1:80").await;
+    // The same name in two namespaces is no contest: each namespace has its own names.
+    put(&mut ea, &p, "greeter", "10.80.0.9:80").await;
+    put(&mut eb, &p, "greeter", "10.80.1.9:80").await;
+    converged(&home, "alpha", &["10.80.0.1"], WAIT).await;
+    converged(&home, "greeter", &["10.80.0.9"], WAIT).await;
+    converged(&away, "beta", &["10.80.1.1"], WAIT).await;
+    converged(&away, "greeter", &["10.80.1.9"], WAIT).await;
+    assert_eq!(service_names(&home).await, ["alpha", "greeter"]);
+    assert_eq!(service_names(&away).await, ["beta", "greeter"]);
+    let beta = away.services.get("beta").await.expect("beta");
+    assert_eq!(label(&beta, "etcd-bridge.io/source"), "region-eu");
+    for s in slices_of(&away.slices, "greeter").await {
+        assert_eq!(s.labels()["etcd-bridge.io/source"], "region-eu");
+    }
+    // The gauges add up every namespace's Services.
+    let services = || async { (bridge.metric("etcd_bridge_services") == Some(4.0)).then_some(()) };
+    eventually("etcd_bridge_services 4", WAIT, services).await;
+    // A namespace the bridge was not given: refused, naming the flag to add it with.
+    eventually("region-us refused, region-eu synced", WAIT, || async {
+        let why = status(&scope, "region-us", "{.status.lastError}");
+        (why.starts_with("spec.targetNamespace: `not-given`")
+            && why.contains("add `not-given` to --target-namespaces")
+            && condition(&scope, "region-eu", "Synced") == "True"
+            && status(&scope, "region-eu", "{.status.keys}") == "2")
+            .then_some(())
+    })
+    .await;
+    assert!(matches!(bridge.get("/readyz"), Some((200, _))));
+
+    // region-eu moves home: its Services leave `eu` and arrive beside default's, where
+    // `greeter` is taken and region-eu's gets a suffix (the name in use keeps its owner).
+    let moved = Instant::now();
+    let patch = format!(r#"{{"spec":{{"targetNamespace":"{}"}}}}"#, scope.namespace);
+    scope.kubectl(&[
+        "patch",
+        "etcdsource",
+        "region-eu",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ]);
+    converged(&home, "beta", &["10.80.1.1"], WAIT).await;
+    let arrived = moved.elapsed();
+    let other = service_like(&home, "greeter-", "greeter").await;
+    converged(&home, &other, &["10.80.1.9"], WAIT).await;
+    eventually("region-eu's Services gone from eu", WAIT, || async {
+        service_names(&away).await.is_empty().then_some(())
+    })
+    .await;
+    let left = moved.elapsed();
+    assert!(holds(&home, "greeter", &["10.80.0.9"]).await.is_some());
+    eventually("etcd_bridge_services still 4", WAIT, services).await;
+    eprintln!("figures: moved namespace: arrived {arrived:?}, left the old one {left:?}");
+    assert!(bridge.proc.is_running());
 }
 
 /// Two replicas with leader election: only the leader writes the EtcdSource status; when it dies,

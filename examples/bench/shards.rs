@@ -98,6 +98,7 @@ pub async fn section(ctx: &mut Ctx) -> Value {
             json!({"components": components, "bridges_cpu_s": bridge_cpu}),
         ));
     }
+    let floor = apiserver_floor(ctx, &model).await;
     let (one, three) = (runs[0].0, runs[1].0);
     let ratio = match (one, three) {
         (Some(a), Some(b)) if a > Duration::ZERO => Some(b.as_secs_f64() / a.as_secs_f64()),
@@ -116,6 +117,7 @@ pub async fn section(ctx: &mut Ctx) -> Value {
         "one_replica_in_place_s": dur_json(one),
         "three_replicas_in_place_s": dur_json(three),
         "ratio": r3(ratio),
+        "apiserver_floor": floor,
         "one_replica_vm_hwm_mib": runs[0].1.iter().map(|h| r3(*h)).collect::<Vec<_>>(),
         "three_replicas_vm_hwm_mib": runs[1].1.iter().map(|h| r3(*h)).collect::<Vec<_>>(),
         "one_replica_cpu": runs[0].2,
@@ -124,13 +126,90 @@ pub async fn section(ctx: &mut Ctx) -> Value {
     })
 }
 
+/// Writes in flight for the floor: three replicas' worth (each syncs 16 Services at once).
+const FLOOR_IN_FLIGHT: usize = 48;
+
+/// The floor of the scale runs: the same Services and EndpointSlices server-side applied by the
+/// harness itself, 48 at a time, with no bridge and no etcd in the way. No number of replicas
+/// can bring the objects in faster than this apiserver accepts them.
+async fn apiserver_floor(ctx: &mut Ctx, model: &Model) -> Value {
+    use crate::changes::{service_json, slice_json, ssa};
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, Patch};
+    let ns = "bench-shards-floor";
+    step(&format!(
+        "sharded leadership, floor: the same {} Services and their EndpointSlices applied by the harness, {FLOOR_IN_FLIGHT} at a time",
+        model.want.len()
+    ));
+    create_namespace(&ctx.client, ns).await;
+    let tracker = Tracker::start(ctx.client.clone(), ns, BRIDGE_OWNED);
+    tracker.synced().await;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let owned = |mut v: Value| {
+        v["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("etcd-bridge");
+        v
+    };
+    let cpu = ctx.cpu.mark(None);
+    let started = Instant::now();
+    let writes = futures::stream::iter(model.want.iter())
+        .map(|(name, ips)| {
+            let (services, slices) = (services.clone(), slices.clone());
+            let service = owned(service_json(name));
+            let slice = owned(slice_json(&format!("{name}-0"), name, ips));
+            async move {
+                let p = ssa();
+                services.patch(name, &p, &Patch::Apply(&service)).await?;
+                slices
+                    .patch(&format!("{name}-0"), &p, &Patch::Apply(&slice))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(FLOOR_IN_FLIGHT);
+    let failed = writes
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
+        .await;
+    let (in_place, _) = converge(
+        &tracker,
+        &model.want,
+        started,
+        ctx.sz.big_timeout,
+        None,
+        "floor (no bridge)",
+    )
+    .await;
+    let components = ctx.cpu.since(&cpu, None);
+    progress(&format!(
+        "floor: every object in place after {} ({failed} writes failed); CPU: {components}",
+        secs(in_place)
+    ));
+    if failed > 0 || in_place.is_none() {
+        ctx.anomalies.push(format!(
+            "shards floor: {failed} writes failed, in place: {}",
+            secs(in_place)
+        ));
+    }
+    json!({
+        "in_flight": FLOOR_IN_FLIGHT,
+        "in_place_s": dur_json(in_place),
+        "failed_writes": failed,
+        "cpu": components,
+    })
+}
+
 pub fn brief(v: &Value) -> String {
     format!(
-        "sharded leadership: {} registrations in place after {} s with 1 replica, {} s with 3 replicas and 3 buckets ({}×); handoff after kill -9 (Lease {} s): {}; object writes by a replica not holding the bucket: {} of {}",
+        "sharded leadership: {} registrations in place after {} s with 1 replica, {} s with 3 replicas and 3 buckets ({}×; floor: the same objects applied by the harness, {} at a time, no bridge: {} s); handoff after kill -9 (Lease {} s): {}; object writes by a replica not holding the bucket: {} of {}",
         v["registrations"],
         v["one_replica_in_place_s"],
         v["three_replicas_in_place_s"],
         v["ratio"],
+        v["apiserver_floor"]["in_flight"],
+        v["apiserver_floor"]["in_place_s"],
         v["handoff"]["lease_duration_s"],
         v["handoff"]["handoff_ms"],
         v["handoff"]["writes_without_the_bucket"],

@@ -4,7 +4,8 @@
 //! - [`panic_guard`]: which failed health checks a Service shows, or none when too many fail;
 //! - [`schedule`]: when to flush (coalescing, retries, readiness);
 //! - [`registries`]: every source's snapshot, side by side;
-//! - [`sources`]: how a flush treats each source's Services (hold, import, expire).
+//! - [`sources`]: how a flush treats each source's Services (hold, import, expire);
+//! - [`route`]: which namespace's reconciler each source's updates go to.
 //!
 //! [`reconciler`] only carries them out; `preview` shows the same decisions.
 
@@ -13,6 +14,7 @@ pub mod panic_guard;
 pub mod plan;
 pub mod reconciler;
 pub mod registries;
+pub mod route;
 pub mod schedule;
 pub mod sources;
 

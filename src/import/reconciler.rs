@@ -16,7 +16,7 @@ use crate::import::registries::Registries;
 use crate::import::schedule::{self, Schedule};
 use crate::k8s::{ObjectEvent, Writer};
 use crate::leader::Holding;
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::{KindLabels, Metrics, Share};
 use crate::naming;
 use crate::probe::link::PanicChange;
 use crate::probe::{Link, Verdict};
@@ -88,7 +88,7 @@ pub struct Reconciler {
     /// Per source: the last revision read and the last error, for its status.
     revisions: BTreeMap<String, i64>,
     errors: BTreeMap<String, String>,
-    reports: Option<watch::Sender<crate::source::status::Reports>>,
+    reports: Option<watch::Sender<crate::source::status::ReportsByNamespace>>,
     reports_dirty: bool,
     cluster_ready: bool,
     /// The leader buckets this replica holds: it writes only their Services.
@@ -109,11 +109,34 @@ pub struct Reconciler {
     confirming: bool,
     resync_wanted: bool,
     metrics: Arc<Metrics>,
+    /// This namespace's share of the gauges every namespace's reconciler sets.
+    gauges: Gauges,
     health: Arc<Health>,
     /// Services already reported for a weight clamped in Cilium's annotation.
     clamped: std::sync::Mutex<BTreeSet<String>>,
     /// Health checks, when `--probe` names anything.
     probes: Option<Link>,
+}
+
+/// The gauges a reconciler sets for its namespace; `/metrics` shows their sum.
+struct Gauges {
+    services: Share,
+    slices: Share,
+    held_deletions: Share,
+    services_in_panic: Share,
+    stale_sources: Share,
+}
+
+impl Gauges {
+    fn of(m: &Metrics) -> Self {
+        Gauges {
+            services: Share::of(&m.services),
+            slices: Share::of(&m.slices),
+            held_deletions: Share::of(&m.held_deletions),
+            services_in_panic: Share::of(&m.services_in_panic),
+            stale_sources: Share::of(&m.stale_sources),
+        }
+    }
 }
 
 impl Reconciler {
@@ -162,6 +185,7 @@ impl Reconciler {
             deletions_confirmed: false,
             confirming: false,
             resync_wanted: false,
+            gauges: Gauges::of(&metrics),
             metrics,
             health,
             clamped: Default::default(),
@@ -228,7 +252,7 @@ impl Reconciler {
     ) {
         let Some(link) = &self.probes else { return };
         let (change, held) = link.note_panic(&svc.name_any(), panic);
-        self.metrics.services_in_panic.set(held as i64);
+        self.gauges.services_in_panic.set(held as i64);
         match change {
             Some(PanicChange::Began(p)) => {
                 self.metrics.panic_activations.inc();
@@ -282,7 +306,7 @@ impl Reconciler {
         // flush that follows fills it with them.
         if let Some(link) = self.probes.as_mut() {
             link.set_leader(self.holding.any());
-            self.metrics.services_in_panic.set(0);
+            self.gauges.services_in_panic.set(0);
             self.synced = false;
         }
     }
@@ -320,7 +344,7 @@ impl Reconciler {
 
     fn update_readiness(&self) {
         if schedule::ready(self.can_sync(), self.holding.any(), self.synced) {
-            self.health.set_synced();
+            self.health.set_synced(&self.cfg.namespace);
         }
     }
 
@@ -484,8 +508,8 @@ impl Reconciler {
     /// record of our own writes. Kept out of flushes, which should cost only what changed.
     fn housekeeping(&self, writer: &Writer) {
         let (services, slices) = writer.view().counts();
-        self.metrics.services.set(services as i64);
-        self.metrics.slices.set(slices as i64);
+        self.gauges.services.set(services as i64);
+        self.gauges.slices.set(slices as i64);
         writer.view().prune();
     }
 
@@ -526,7 +550,7 @@ impl Reconciler {
         if self.deletions_confirmed {
             self.deletions_confirmed = false;
             names.append(&mut self.held);
-            self.metrics.held_deletions.set(0);
+            self.gauges.held_deletions.set(0);
             return BTreeSet::new();
         }
         names.extend(self.held.iter().cloned());
@@ -551,11 +575,11 @@ impl Reconciler {
         if !guard::holds(limits, removed, || writer.view().total_endpoints(), holding) {
             self.held.clear();
             self.confirm_at = None;
-            self.metrics.held_deletions.set(0);
+            self.gauges.held_deletions.set(0);
             return BTreeSet::new();
         }
         self.held = losing.iter().map(|(n, _)| n.clone()).collect();
-        self.metrics.held_deletions.set(removed as i64);
+        self.gauges.held_deletions.set(removed as i64);
         if self.confirm_at.is_none() {
             self.confirm_at = Some(Instant::now() + self.tuning.delete_confirm_delay);
             tracing::warn!(

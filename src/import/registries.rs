@@ -114,20 +114,9 @@ impl Registries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::spec::{self, Context, Secret};
 
     fn config(name: &str, prefix: &str) -> SourceConfig {
-        let s: crate::source::crd::EtcdSourceSpec = serde_json::from_value(serde_json::json!({
-            "endpoints": [format!("http://{name}:2379")],
-            "prefixes": [{"prefix": prefix}]
-        }))
-        .unwrap();
-        let ctx = Context {
-            namespace: "ns",
-            timeout: std::time::Duration::from_secs(1),
-            reserved: &[],
-        };
-        spec::resolve(name, &s, Secret::NotNamed, &ctx).unwrap()
+        crate::source::spec::for_tests(name, prefix, "ns")
     }
 
     fn put(r: &mut Registries, source: &str, key: &str, addr: &str) -> Change {

@@ -142,8 +142,10 @@ pub enum Secret<'a> {
 /// What resolution needs from the bridge itself.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
-    /// `--namespace`: where the bridge projects.
+    /// `--namespace`: where the bridge projects a source that names no `targetNamespace`.
     pub namespace: &'a str,
+    /// Every namespace the bridge projects into (`--namespace` and `--target-namespaces`).
+    pub namespaces: &'a [String],
     /// `--etcd-timeout`, for every source.
     pub timeout: Duration,
     /// Names no object may take (`default`, held by the flags' source).
@@ -209,12 +211,16 @@ pub fn resolve(
     let prefixes = prefixes(spec, &mut problems);
     let target_namespace = match &spec.target_namespace {
         None => ctx.namespace.to_owned(),
-        Some(ns) if ns == ctx.namespace => ns.clone(),
-        // The cluster view (informers, names in use) is one namespace today.
+        Some(ns) if ns == ctx.namespace || ctx.namespaces.contains(ns) => ns.clone(),
+        // The bridge holds a cluster view and a Role only where it was told to project.
         Some(ns) => {
             problems.push(invalid(
                 "spec.targetNamespace",
-                format!("`{ns}`: this bridge projects into its --namespace `{}` only; leave it out or run a bridge for `{ns}`", ctx.namespace),
+                format!(
+                    "`{ns}`: this bridge projects into `{}` only; add `{ns}` to --target-namespaces (chart: targetNamespaces), or leave it out for --namespace `{}`",
+                    ctx.namespaces.join("`, `"),
+                    ctx.namespace
+                ),
             ));
             ns.clone()
         }
@@ -273,6 +279,24 @@ pub fn resolve(
         writeback_prefix: spec.writeback_prefix.clone(),
         stale_after,
     })
+}
+
+/// A valid source named `name` reading `prefix` from `http://{name}:2379` into `namespace`.
+#[cfg(test)]
+pub(crate) fn for_tests(name: &str, prefix: &str, namespace: &str) -> SourceConfig {
+    let s: EtcdSourceSpec = serde_json::from_value(serde_json::json!({
+        "endpoints": [format!("http://{name}:2379")],
+        "prefixes": [{"prefix": prefix}],
+        "targetNamespace": namespace,
+    }))
+    .unwrap();
+    let ctx = Context {
+        namespace,
+        namespaces: &[],
+        timeout: Duration::from_secs(1),
+        reserved: &[],
+    };
+    resolve(name, &s, Secret::NotNamed, &ctx).unwrap()
 }
 
 fn is_label_value(s: &str) -> bool {

@@ -25,6 +25,24 @@ pub struct SourceReport {
 /// Reports by source name.
 pub type Reports = BTreeMap<String, SourceReport>;
 
+/// Each projected namespace's reconciler reports its own sources, by namespace: one cannot
+/// overwrite another's, even while a source moves between them.
+pub type ReportsByNamespace = BTreeMap<String, Reports>;
+
+/// Every source's report. A source moving between namespaces may be in two for a moment: the
+/// one it projects into now wins.
+pub fn by_source(all: &ReportsByNamespace, target: impl Fn(&str) -> Option<String>) -> Reports {
+    let mut out = Reports::new();
+    for (ns, reports) in all {
+        for (name, r) in reports {
+            if !out.contains_key(name) || target(name).as_deref() == Some(ns) {
+                out.insert(name.clone(), r.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The status of an object of `generation`: not used for `refused` reasons, or as `report` says
 /// (`None`: not started yet). Transition times are kept from `previous` where a condition holds.
 pub fn status(
@@ -271,5 +289,30 @@ mod tests {
                 .iter()
                 .any(|n| n.reason == "Invalid" && n.warning && n.message == why)
         );
+    }
+
+    #[test]
+    fn a_source_moving_between_namespaces_is_reported_from_where_it_goes() {
+        let moving = SourceReport {
+            listed: false,
+            ..healthy()
+        };
+        let all: ReportsByNamespace = [
+            ("eu".to_owned(), [("s".to_owned(), moving.clone())].into()),
+            (
+                "grpc".to_owned(),
+                [
+                    ("s".to_owned(), healthy()),
+                    ("default".to_owned(), healthy()),
+                ]
+                .into(),
+            ),
+        ]
+        .into();
+        let now_in = |ns: &'static str| move |n: &str| (n == "s").then(|| ns.to_owned());
+        let r = by_source(&all, now_in("eu"));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r["s"], moving);
+        assert_eq!(by_source(&all, now_in("grpc"))["s"], healthy());
     }
 }

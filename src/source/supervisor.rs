@@ -12,7 +12,7 @@
 use super::crd::EtcdSource;
 use super::publish::Publisher;
 use super::spec::{self, Context, Secret, SourceConfig, SourceName};
-use super::status::Reports;
+use super::status::ReportsByNamespace;
 use crate::etcd::Update;
 use crate::metrics::Metrics;
 use futures::StreamExt;
@@ -85,6 +85,8 @@ struct Running {
 pub struct Supervisor {
     client: Client,
     namespace: String,
+    /// Where a source may project: `--namespace` and `--target-namespaces`.
+    namespaces: Vec<String>,
     timeout: Duration,
     /// The flags' source: first in priority, never started or stopped here.
     default: SourceConfig,
@@ -93,7 +95,7 @@ pub struct Supervisor {
     running: BTreeMap<SourceName, Running>,
     refused: Refused,
     /// Status: what the import reports of each source, and whether this replica leads.
-    reports: watch::Receiver<Reports>,
+    reports: watch::Receiver<ReportsByNamespace>,
     leader: watch::Receiver<crate::leader::Holding>,
     publisher: Publisher,
 }
@@ -106,7 +108,7 @@ impl Supervisor {
         timeout: Duration,
         tx: mpsc::Sender<Update>,
         metrics: Arc<Metrics>,
-        reports: watch::Receiver<Reports>,
+        reports: watch::Receiver<ReportsByNamespace>,
         leader: watch::Receiver<crate::leader::Holding>,
     ) -> Self {
         Supervisor {
@@ -115,6 +117,7 @@ impl Supervisor {
             leader,
             client,
             namespace: default.target_namespace.clone(),
+            namespaces: vec![default.target_namespace.clone()],
             timeout,
             default,
             tx,
@@ -122,6 +125,13 @@ impl Supervisor {
             running: BTreeMap::new(),
             refused: Refused::new(),
         }
+    }
+
+    /// Every namespace the bridge projects into (`--namespace` first): those a source's
+    /// `targetNamespace` may name.
+    pub fn with_namespaces(mut self, namespaces: Vec<String>) -> Self {
+        self.namespaces = namespaces;
+        self
     }
 
     /// Runs until `shutdown`, then stops every source it started.
@@ -206,6 +216,7 @@ impl Supervisor {
         });
         let ctx = Context {
             namespace: &self.namespace,
+            namespaces: &self.namespaces,
             timeout: self.timeout,
             reserved: &[spec::DEFAULT_SOURCE],
         };
@@ -277,7 +288,16 @@ impl Supervisor {
             return;
         }
         let objects: Vec<EtcdSource> = store.state().iter().map(|o| (**o).clone()).collect();
-        let reports = self.reports.borrow_and_update().clone();
+        let target = |name: &str| {
+            let o = objects.iter().find(|o| o.name_any() == name)?;
+            Some(
+                o.spec
+                    .target_namespace
+                    .clone()
+                    .unwrap_or_else(|| self.namespace.clone()),
+            )
+        };
+        let reports = super::status::by_source(&self.reports.borrow_and_update(), target);
         (self.publisher)
             .publish(&objects, &reports, &self.refused)
             .await;

@@ -11,38 +11,65 @@ pub use objects::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The Role the bridge needs in its target namespace, and nothing more.
-pub const BRIDGE_ROLE: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: etcd-bridge}
-rules:
+/// What importing into a namespace needs there: its Services, EndpointSlices and Events (the
+/// chart's `etcd-bridge.importRules`).
+const IMPORT_RULES: &str = r#"
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [coordination.k8s.io]
-  resources: [leases]
-  verbs: [get, list, create, patch, update, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+"#;
+
+/// The Role the bridge needs in its target namespace, and nothing more: importing, and Leases.
+pub fn bridge_role() -> String {
+    format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: etcd-bridge}}
+rules:{IMPORT_RULES}- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, create, patch, update, delete]
 ---
 apiVersion: v1
 kind: ServiceAccount
-metadata: {name: etcd-bridge}
+metadata: {{name: etcd-bridge}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: etcd-bridge}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge}
+metadata: {{name: etcd-bridge}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge}}
 subjects:
-- {kind: ServiceAccount, name: etcd-bridge}
-"#;
+- {{kind: ServiceAccount, name: etcd-bridge}}
+"#
+    )
+}
 
-/// The cluster-wide rights write-back adds to [`BRIDGE_ROLE`], bound to the ServiceAccount
+/// What importing into another namespace (`--target-namespaces`) needs there, bound to the
+/// bridge's ServiceAccount of `home` (the chart renders the same for `sources.targetNamespaces`).
+pub fn import_role(home: &str) -> String {
+    format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: etcd-bridge-import}}
+rules:{IMPORT_RULES}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: etcd-bridge-import}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge-import}}
+subjects:
+- {{kind: ServiceAccount, name: etcd-bridge, namespace: {home}}}
+"#
+    )
+}
+
+/// The cluster-wide rights write-back adds to [`bridge_role`], bound to the ServiceAccount
 /// `etcd-bridge` of `{namespace}`. `{namespace}` is replaced by the caller.
 pub const WRITEBACK_CLUSTER_ROLE: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
@@ -124,9 +151,9 @@ impl Scope {
         );
     }
 
-    /// A kubeconfig for the bridge's ServiceAccount, bound to [`BRIDGE_ROLE`] only.
+    /// A kubeconfig for the bridge's ServiceAccount, bound to [`bridge_role`] only.
     pub fn bridge_kubeconfig(&self) -> PathBuf {
-        self.apply(BRIDGE_ROLE);
+        self.apply(&bridge_role());
         let path = self.bed.dir.join(format!("{}.kubeconfig", self.namespace));
         self.bed
             .cluster
@@ -135,10 +162,10 @@ impl Scope {
     }
 
     /// Installs the EtcdRegistration CRD (idempotent) and returns a kubeconfig for the bridge's
-    /// ServiceAccount with [`BRIDGE_ROLE`] plus [`WRITEBACK_CLUSTER_ROLE`].
+    /// ServiceAccount with [`bridge_role`] plus [`WRITEBACK_CLUSTER_ROLE`].
     pub fn writeback_kubeconfig(&self) -> PathBuf {
         install_crd(self.bed);
-        self.apply(BRIDGE_ROLE);
+        self.apply(&bridge_role());
         self.apply(&WRITEBACK_CLUSTER_ROLE.replace("{namespace}", &self.namespace));
         let path = self
             .bed

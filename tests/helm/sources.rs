@@ -93,3 +93,58 @@ async fn sources_render_the_crd_the_flag_and_a_role_for_the_named_secrets_only()
     let bad = template("rel", &ns, &["sources.secretNames[0]=Not_A_Name"]).unwrap_err();
     assert!(bad.contains("secretNames"), "{bad}");
 }
+
+#[tokio::test]
+async fn target_namespaces_render_the_flag_and_an_import_role_in_each() {
+    let bed = TestBed::shared();
+    let ns = unique("chart-srcns");
+    let eu = unique("chart-srcns-eu");
+    create_namespace(bed, &ns);
+    create_namespace(bed, &eu);
+    let eu_value = format!("sources.targetNamespaces[0]={eu}");
+    // The release's own namespace listed again renders nothing more there.
+    let own = format!("sources.targetNamespaces[1]={ns}");
+    let values = ["sources.enabled=true", eu_value.as_str(), own.as_str()];
+    let yaml = template("rel", &ns, &values).unwrap();
+    let docs = documents(&yaml);
+    let args = args_of(one(&docs, "Deployment"));
+    let listed = format!("{eu},{ns}");
+    assert_eq!(flag(&args, "--target-namespaces"), Some(listed.as_str()));
+    assert!(bridge_has_flag("--target-namespaces"));
+    let imports: Vec<&Value> = (of_kind(&docs, "Role").into_iter())
+        .filter(|r| r["metadata"]["name"] == "rel-etcd-bridge-import")
+        .collect();
+    assert_eq!(imports.len(), 1, "one Role, in {eu} only");
+    assert_eq!(imports[0]["metadata"]["namespace"], eu.as_str());
+    let verbs = ["get", "list", "watch", "create", "patch", "delete"];
+    let want = [
+        rule("", "services", &[], &verbs),
+        rule("discovery.k8s.io", "endpointslices", &[], &verbs),
+        rule("events.k8s.io", "events", &[], &["create", "patch"]),
+    ];
+    assert_eq!(rules(imports[0]), want.into_iter().collect());
+    // The same rules as the release namespace's own Role grants for importing.
+    let own_role = (of_kind(&docs, "Role").into_iter())
+        .find(|r| r["metadata"]["name"] == "rel-etcd-bridge")
+        .expect("the bridge's Role");
+    assert!(rules(imports[0]).is_subset(&rules(own_role)));
+    let binding = (of_kind(&docs, "RoleBinding").into_iter())
+        .find(|b| b["metadata"]["name"] == "rel-etcd-bridge-import")
+        .expect("its RoleBinding");
+    assert_eq!(binding["metadata"]["namespace"], eu.as_str());
+    assert_eq!(binding["subjects"][0]["namespace"], ns.as_str());
+    server_validates(bed, "sources in another namespace", &yaml);
+
+    // Without sources.enabled, the list does nothing.
+    let docs = documents(&template("rel", &ns, &[eu_value.as_str()]).unwrap());
+    assert_eq!(
+        flag(&args_of(one(&docs, "Deployment")), "--target-namespaces"),
+        None
+    );
+    let bad = template(
+        "rel",
+        &ns,
+        &["sources.enabled=true", "sources.targetNamespaces[0]=EU"],
+    );
+    assert!(bad.unwrap_err().contains("targetNamespaces"));
+}

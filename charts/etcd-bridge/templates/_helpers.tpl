@@ -149,3 +149,21 @@ What the schema cannot say: rules across fields. Each failure names the values t
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* What importing into a namespace needs there: its projected Services and EndpointSlices, and
+Events on them. In targetNamespace, and in each of sources.targetNamespaces. */}}
+{{- define "etcd-bridge.importRules" -}}
+# Projected Services: read all of them (a user's Service of the same name is a conflict, left
+# alone), create and server-side apply its own, delete its own when the last registration goes.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, delete]
+# Their EndpointSlices, likewise.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch, create, patch, delete]
+# Warning Events on conflicts (kube-rs's recorder writes events.k8s.io/v1 only).
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

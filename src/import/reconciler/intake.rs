@@ -18,9 +18,13 @@ impl Reconciler {
     }
 
     /// /readyz follows the flags' registry only: another source down is its own status's news,
-    /// and must not hold a rollout of the bridge (or fail every replica) with it.
+    /// and must not hold a rollout of the bridge (or fail every replica) with it. So only the
+    /// reconciler of the flags' namespace, which imports it, says.
     fn set_health(&self) {
         let default = crate::source::spec::DEFAULT_SOURCE;
+        if !self.registries.configs().any(|c| c.name == default) {
+            return;
+        }
         let mut ups = (self.etcd_up.iter()).filter(|((s, _), _)| s == default);
         self.health.set_etcd(ups.all(|(_, up)| *up));
     }

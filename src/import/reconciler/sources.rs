@@ -4,7 +4,7 @@
 use super::Reconciler;
 use crate::import::sources::{self, Facts, Treatment};
 use crate::k8s::Writer;
-use crate::source::status::{Reports, SourceReport};
+use crate::source::status::{Reports, ReportsByNamespace, SourceReport};
 use std::collections::BTreeSet;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -96,7 +96,7 @@ impl Reconciler {
             } else {
                 continue;
             }
-            self.metrics.stale_sources.set(self.expired.len() as i64);
+            self.gauges.stale_sources.set(self.expired.len() as i64);
             self.reports_dirty = true;
             self.synced = false;
             self.schedule.changed(Instant::now());
@@ -104,12 +104,12 @@ impl Reconciler {
     }
 
     /// Each source's state goes to `tx`, for the EtcdSource status writer.
-    pub fn with_reports(mut self, tx: watch::Sender<Reports>) -> Self {
+    pub fn with_reports(mut self, tx: watch::Sender<ReportsByNamespace>) -> Self {
         self.reports = Some(tx);
         self
     }
 
-    /// Sends every source's state, if something changed (`always`: counts may have changed).
+    /// Sends the state of every source of this namespace, if something changed (`always`: counts may have changed).
     pub fn publish_reports(&mut self, always: bool) {
         let Some(tx) = &self.reports else { return };
         if !always && !self.reports_dirty {
@@ -136,9 +136,10 @@ impl Reconciler {
                 (c.name.clone(), report)
             })
             .collect();
-        tx.send_if_modified(|old| {
-            let changed = *old != reports;
-            *old = reports;
+        let ns = &self.cfg.namespace;
+        tx.send_if_modified(|all| {
+            let changed = all.get(ns) != Some(&reports);
+            all.insert(ns.clone(), reports);
             changed
         });
     }

@@ -22,6 +22,7 @@ fn spec(endpoints: &[&str], prefixes: &[(&str, &str)]) -> EtcdSourceSpec {
 
 const CTX: Context<'static> = Context {
     namespace: "services",
+    namespaces: &[],
     timeout: Duration::from_secs(5),
     reserved: &[DEFAULT_SOURCE],
 };
@@ -143,7 +144,29 @@ fn every_problem_names_its_field() {
     let msg = describe(&resolve("default", &s, Secret::NotNamed, &CTX).unwrap_err());
     assert!(msg.contains("unknown registry format `consul`"), "{msg}");
     assert!(msg.contains("overlap"), "{msg}");
-    assert!(msg.contains("--namespace `services`"), "{msg}");
+    assert!(
+        msg.contains("add `elsewhere` to --target-namespaces"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_target_namespace_must_be_one_the_bridge_projects_into() {
+    let mut s = spec(&["http://ok:2379"], &[("/a/", "seed")]);
+    s.target_namespace = Some("eu".into());
+    let served = ["services".to_owned(), "eu".to_owned()];
+    let ctx = Context {
+        namespaces: &served,
+        ..CTX
+    };
+    let c = resolve("eu-registry", &s, Secret::NotNamed, &ctx).unwrap();
+    assert_eq!(c.target_namespace, "eu");
+    s.target_namespace = Some("us".into());
+    let msg = describe(&resolve("us-registry", &s, Secret::NotNamed, &ctx).unwrap_err());
+    assert!(
+        msg.contains("projects into `services`, `eu` only") && msg.contains("add `us`"),
+        "{msg}"
+    );
 }
 
 #[test]
