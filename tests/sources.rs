@@ -749,6 +749,47 @@ async fn a_source_projects_into_its_target_namespace_and_moves_with_it() {
     assert!(bridge.proc.is_running());
 }
 
+/// A status write that fails (here: not allowed yet) is tried again within seconds, not at the
+/// next change or the 30 s re-read.
+#[tokio::test]
+async fn a_failed_status_write_is_retried_soon() {
+    let a = private_etcd("sources-retry");
+    let scope = Scope::with_registry("sourcesretry", &a.endpoint());
+    install_crd(&scope);
+    let kubeconfig = scope.bridge_kubeconfig();
+    let no_status = SOURCES_ROLE.replace("etcdsources/status", "etcdsources/scale");
+    scope.apply(&no_status);
+    source(
+        &scope,
+        "quiet",
+        &a.endpoint(),
+        ", secretRef: {name: etcd-b}",
+    );
+    let mut bridge = scope.bridge(&kubeconfig, &["--sources=true"]);
+    bridge.ready(WAIT).await;
+    eventually("a refused status write", WAIT, || async {
+        bridge
+            .log()
+            .contains("could not write the EtcdSource status")
+            .then_some(())
+    })
+    .await;
+    scope.apply(SOURCES_ROLE);
+    let granted = Instant::now();
+    eventually("the status written once allowed", WAIT, || async {
+        status(&scope, "quiet", "{.status.lastError}")
+            .contains("etcd-b")
+            .then_some(())
+    })
+    .await;
+    let took = granted.elapsed();
+    eprintln!("figures: status written {took:?} after the write was allowed");
+    assert!(
+        took < Duration::from_secs(10),
+        "retried at the next change or re-read only: {took:?}"
+    );
+}
+
 /// Two replicas with leader election: only the leader writes the EtcdSource status; when it dies,
 /// the standby leads and the status keeps following the source. Each replica runs as a
 /// ServiceAccount of its own, so the audit log says who wrote each status.

@@ -32,8 +32,15 @@ impl Publisher {
         }
     }
 
-    /// Brings the status of every object to what `reports` and `refused` say.
-    pub async fn publish(&mut self, objects: &[EtcdSource], reports: &Reports, refused: &Refused) {
+    /// Brings the status of every object to what `reports` and `refused` say. Whether every
+    /// status that needed a write was written.
+    pub async fn publish(
+        &mut self,
+        objects: &[EtcdSource],
+        reports: &Reports,
+        refused: &Refused,
+    ) -> bool {
+        let mut all_written = true;
         self.written
             .retain(|n, _| objects.iter().any(|o| o.name_any() == *n));
         let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -85,10 +92,12 @@ impl Publisher {
                     self.written.insert(name, next);
                 }
                 Err(e) => {
-                    tracing::warn!(source = %name, error = %e, "could not write the EtcdSource status; retrying at the next change")
+                    all_written = false;
+                    tracing::warn!(source = %name, error = %e, "could not write the EtcdSource status; retrying in a few seconds")
                 }
             }
         }
+        all_written
     }
 
     /// A new term: what the last leader wrote is read back from the objects.

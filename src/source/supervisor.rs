@@ -27,8 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// A status write that failed is tried again this long after.
+const STATUS_RETRY: Duration = Duration::from_secs(2);
 
 /// How often the Secrets of sources are read again.
 pub const SECRET_POLL: Duration = Duration::from_secs(30);
@@ -87,6 +91,8 @@ pub struct Supervisor {
     namespace: String,
     /// Where a source may project: `--namespace` and `--target-namespaces`.
     namespaces: Vec<String>,
+    /// When to write the statuses again after a write failed.
+    status_retry: Option<Instant>,
     timeout: Duration,
     /// The flags' source: first in priority, never started or stopped here.
     default: SourceConfig,
@@ -118,6 +124,7 @@ impl Supervisor {
             client,
             namespace: default.target_namespace.clone(),
             namespaces: vec![default.target_namespace.clone()],
+            status_retry: None,
             timeout,
             default,
             tx,
@@ -165,6 +172,8 @@ impl Supervisor {
                             if self.tx.send(Update::SourcesListed).await.is_err() {
                                 break;
                             }
+                            // A refused source is news now: nothing else may happen for a while.
+                            self.write_status(&store).await;
                             continue;
                         }
                     }
@@ -182,6 +191,10 @@ impl Supervisor {
                 }
                 Ok(()) = self.leader.changed() => {
                     self.publisher.forget();
+                    self.write_status(&store).await;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(self.status_retry.unwrap_or_else(Instant::now)), if self.status_retry.is_some() => {
                     self.write_status(&store).await;
                     continue;
                 }
@@ -298,9 +311,11 @@ impl Supervisor {
             )
         };
         let reports = super::status::by_source(&self.reports.borrow_and_update(), target);
-        (self.publisher)
+        let all_written = (self.publisher)
             .publish(&objects, &reports, &self.refused)
             .await;
+        // A failed write is tried again soon, not at the next change (which may be 30 s away).
+        self.status_retry = (!all_written).then(|| Instant::now() + STATUS_RETRY);
     }
 
     /// The Secret's data, or why it cannot be read.
