@@ -749,6 +749,45 @@ async fn a_source_projects_into_its_target_namespace_and_moves_with_it() {
     assert!(bridge.proc.is_running());
 }
 
+/// A target namespace the bridge was given no Role in: `/readyz` names it and the log says
+/// what to grant; every other namespace carries on.
+#[tokio::test]
+async fn a_target_namespace_without_rights_is_named_and_the_others_carry_on() {
+    let a = private_etcd("sources-ns-denied");
+    let scope = Scope::with_registry("sourcesdenied", &a.endpoint());
+    install_crd(&scope);
+    let kubeconfig = scope.bridge_kubeconfig();
+    scope.apply(SOURCES_ROLE);
+    let denied = unique("sourcesdenied-x");
+    let cluster = &scope.bed.cluster;
+    cluster
+        .create_namespace(&denied)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let target = format!("--target-namespaces={denied}");
+    let mut bridge = scope.bridge(&kubeconfig, &["--sources=true", &target]);
+    let apis = Apis::new(scope.kube().await, &scope.namespace);
+    let mut etcd = scope.etcd().await;
+    put(&mut etcd, &scope.prefix, "alpha", "10.81.0.1:80").await;
+    converged(&apis, "alpha", &["10.81.0.1"], WAIT).await;
+    let watch_denied = format!("cannot watch Services in namespace {denied}");
+    eventually(
+        "the namespace named in /readyz and the log",
+        WAIT,
+        || async {
+            let log = bridge.log();
+            match bridge.get("/readyz") {
+                Some((503, why)) if why.contains(&denied) && log.contains(&watch_denied) => {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(bridge.log().contains("sources.targetNamespaces"));
+    assert!(bridge.proc.is_running());
+}
+
 /// A status write that fails (here: not allowed yet) is tried again within seconds, not at the
 /// next change or the 30 s re-read.
 #[tokio::test]

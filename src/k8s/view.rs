@@ -189,6 +189,7 @@ impl ClusterView {
         let index = Arc::new(Mutex::new(HashMap::<String, BTreeSet<String>>::new()));
         spawn_forward(
             svc_stream,
+            format!("Services in namespace {namespace}"),
             tx.clone(),
             |_| {},
             |s: &Service| Some(s.name_any()),
@@ -196,6 +197,7 @@ impl ClusterView {
         let idx = index.clone();
         spawn_forward(
             slice_stream,
+            format!("EndpointSlices in namespace {namespace}"),
             tx.clone(),
             move |ev: &watcher::Event<EndpointSlice>| index_event(&idx, ev),
             |s: &EndpointSlice| s.labels().get(labels::SERVICE_NAME).cloned(),
@@ -334,6 +336,7 @@ impl ClusterView {
 /// Drives a reflector stream and forwards, for each changed object, the name of its Service.
 fn spawn_forward<K, S>(
     stream: S,
+    what: String,
     tx: mpsc::UnboundedSender<ObjectEvent>,
     observe: impl Fn(&watcher::Event<K>) + Send + 'static,
     service_of: impl Fn(&K) -> Option<String> + Send + 'static,
@@ -356,9 +359,12 @@ fn spawn_forward<K, S>(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kubernetes watch failed; retrying with backoff")
-                }
+                // The namespace's projection waits (nothing there is removed) and /readyz says
+                // which namespace has not synced.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot watch {what}; retrying with backoff (is the bridge allowed there? the chart's Role, or sources.targetNamespaces for another namespace)"
+                ),
             }
         }
     });
