@@ -87,19 +87,18 @@ struct Prober {
     out: mpsc::UnboundedSender<Verdict>,
     events: mpsc::UnboundedSender<StreamEvent>,
     metrics: Arc<Metrics>,
-    counts: HashMap<Health, i64>,
 }
 
 impl Prober {
-    fn count(&mut self, health: Health, delta: i64) {
-        *self.counts.entry(health).or_default() += delta;
-        let n = self.counts[&health];
+    /// One prober runs per projected namespace: each adds its own changes to the shared gauge,
+    /// which shows their sum.
+    fn count(&self, health: Health, delta: i64) {
         self.metrics
             .probed_endpoints
             .get_or_create(&HealthStateLabels {
                 state: health.label(),
             })
-            .set(n);
+            .inc_by(delta);
     }
 
     /// Brings the slots to `plan`: new endpoints get a slot and a first probe within one
@@ -317,7 +316,6 @@ pub async fn run(
         out,
         events,
         metrics,
-        counts: HashMap::new(),
     };
     let mut running = FuturesUnordered::new();
     let initial = plans.borrow_and_update().clone();
