@@ -301,14 +301,10 @@ impl Supervisor {
             return;
         }
         let objects: Vec<EtcdSource> = store.state().iter().map(|o| (**o).clone()).collect();
+        // Where each running source projects, as resolution decided it.
         let target = |name: &str| {
-            let o = objects.iter().find(|o| o.name_any() == name)?;
-            Some(
-                o.spec
-                    .target_namespace
-                    .clone()
-                    .unwrap_or_else(|| self.namespace.clone()),
-            )
+            let running = self.running.get(name)?;
+            Some(running.config.target_namespace.clone())
         };
         let reports = super::status::by_source(&self.reports.borrow_and_update(), target);
         let all_written = (self.publisher)

@@ -109,7 +109,8 @@ impl Reconciler {
         self
     }
 
-    /// Sends the state of every source of this namespace, if something changed (`always`: counts may have changed).
+    /// Sends the state of every source of this namespace, if something changed (`always`:
+    /// counts may have changed).
     pub fn publish_reports(&mut self, always: bool) {
         let Some(tx) = &self.reports else { return };
         if !always && !self.reports_dirty {
