@@ -15,6 +15,8 @@ use etcd_bridge::metrics::Metrics;
 use etcd_bridge::preview;
 use etcd_bridge::probe::{self, Link};
 use etcd_bridge::projection::ProjectionConfig;
+use etcd_bridge::source::spec::DEFAULT_SOURCE;
+use etcd_bridge::writeback::destination::Registries;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -192,6 +194,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Leadership::always(args.leader_buckets)
     };
 
+    // Where write-back may write: the flags' registry, and the EtcdSources' once listed.
+    let (registries_tx, registries) = tokio::sync::watch::channel(Arc::new(match args.sources {
+        true => Registries::awaiting_sources(&default_source),
+        false => Registries::flags_only(&default_source),
+    }));
     if args.sources {
         let supervisor = etcd_bridge::source::supervisor::Supervisor::new(
             client.clone(),
@@ -202,14 +209,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             reports,
             leadership.holding.clone(),
         )
-        .with_namespaces(namespaces.clone());
+        .with_namespaces(namespaces.clone())
+        .with_registries(registries_tx);
         tokio::spawn(supervisor.run(shutdown.clone()));
     }
     drop(tx);
     let writeback = args.writeback.enabled.then(|| {
+        let default = (registries.borrow().writable.get(DEFAULT_SOURCE).cloned())
+            .expect("with --writeback, the flags' registry takes write-back");
         tokio::spawn(etcd_bridge::writeback::controller::run(
             client.clone(),
-            args.etcd.clone(),
+            etcd_bridge::writeback::controller::Where {
+                default,
+                registries: registries.clone(),
+                namespace: ns.clone(),
+            },
             args.writeback.clone(),
             args.projection.instance.clone(),
             leadership.holding.clone(),

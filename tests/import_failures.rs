@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
 use etcd_client::{CompactionOptions, DeleteOptions, PutOptions};
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -35,12 +34,6 @@ async fn on_private_etcd(
     let apis = Apis::new(scope.kube().await, &scope.namespace);
     let etcd = scope.etcd().await;
     (server, scope, bridge, apis, etcd)
-}
-
-/// A private registry etcd, for a test that stops or restarts it.
-fn private_etcd(label: &str) -> EtcdServer {
-    EtcdServer::start(&scratch_dir(label), "registry", &[])
-        .unwrap_or_else(|e| panic!("the private registry etcd did not start (no skipping):\n{e}"))
 }
 
 async fn put(

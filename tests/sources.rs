@@ -5,51 +5,11 @@ mod common;
 
 use common::*;
 use etcd_bridge_testbed::first_seen::FirstSeen;
-use etcd_bridge_testbed::{Etcd as EtcdServer, scratch_dir};
 use kube::ResourceExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// What `--sources` adds to [`bridge_role`]: reading EtcdSources and the one Secret a source
-/// names (the chart renders the same, from `sources.secretNames`).
-const SOURCES_ROLE: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: etcd-bridge-sources}
-rules:
-- apiGroups: [etcd-bridge.io]
-  resources: [etcdsources]
-  verbs: [get, list, watch]
-- apiGroups: [etcd-bridge.io]
-  resources: [etcdsources/status]
-  verbs: [get, patch, update]
-- apiGroups: [""]
-  resources: [secrets]
-  resourceNames: [etcd-b]
-  verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: etcd-bridge-sources}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge-sources}
-subjects:
-- {kind: ServiceAccount, name: etcd-bridge}
-"#;
-
-fn private_etcd(label: &str) -> EtcdServer {
-    EtcdServer::start(&scratch_dir(label), "registry", &[])
-        .unwrap_or_else(|e| panic!("a private registry etcd did not start (no skipping):\n{e}"))
-}
-
-fn install_crd(scope: &Scope) {
-    let crd = etcd_bridge_testbed::repo::path("crds/etcdsources.etcd-bridge.io.yaml");
-    let yaml = std::fs::read_to_string(&crd).expect("read the generated CRD");
-    (scope.bed.cluster)
-        .install_crd(&yaml, "etcdsources.etcd-bridge.io")
-        .unwrap_or_else(|e| panic!("{e}"));
-}
 
 fn source(scope: &Scope, name: &str, endpoint: &str, extra: &str) {
     scope.apply(&format!(
@@ -118,7 +78,7 @@ async fn two_registries_each_fail_on_their_own() {
     let a = private_etcd("sources-a");
     let b = private_etcd("sources-b");
     let scope = Scope::with_registry("sources", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     let kubeconfig = scope.bridge_kubeconfig();
     scope.apply(SOURCES_ROLE);
     source(&scope, "region-b", &b.endpoint(), ", staleAfter: 6s");
@@ -262,7 +222,7 @@ async fn bad_sources_never_crash_the_bridge_and_a_deleted_source_takes_its_servi
     let a = private_etcd("sources-bad-a");
     let b = private_etcd("sources-bad-b");
     let scope = Scope::with_registry("sourcesbad", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     let kubeconfig = scope.bridge_kubeconfig();
     scope.apply(SOURCES_ROLE);
     // Overlaps the flags' source (same etcd, same prefix); names a Secret that is not there.
@@ -389,7 +349,7 @@ async fn a_frozen_source_leaves_the_others_propagation_unchanged() {
     let a = private_etcd("sources-prop-a");
     let b = private_etcd("sources-prop-b");
     let scope = Scope::with_registry("sourcesprop", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     let kubeconfig = scope.bridge_kubeconfig();
     scope.apply(SOURCES_ROLE);
     source(&scope, "frozen", &b.endpoint(), "");
@@ -524,7 +484,7 @@ async fn a_source_connects_with_the_tls_client_certificate_of_its_secret() {
     assert!(secured.endpoint().starts_with("https://"));
     let a = private_etcd("sources-tls-a");
     let scope = Scope::with_registry("sourcestls", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     let kubeconfig = scope.bridge_kubeconfig();
     scope.apply(SOURCES_ROLE);
     // The Secret the chart's Role lets the bridge read: CA, client certificate and key.
@@ -654,7 +614,7 @@ async fn a_source_projects_into_its_target_namespace_and_moves_with_it() {
     let a = private_etcd("sources-ns-a");
     let b = private_etcd("sources-ns-b");
     let scope = Scope::with_registry("sourcesns", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     let kubeconfig = scope.bridge_kubeconfig();
     scope.apply(SOURCES_ROLE);
     let eu = unique("sourcesns-eu");
@@ -755,7 +715,7 @@ async fn a_source_projects_into_its_target_namespace_and_moves_with_it() {
 async fn a_target_namespace_without_rights_is_named_and_the_others_carry_on() {
     let a = private_etcd("sources-ns-denied");
     let scope = Scope::with_registry("sourcesdenied", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     let kubeconfig = scope.bridge_kubeconfig();
     scope.apply(SOURCES_ROLE);
     let denied = unique("sourcesdenied-x");
@@ -794,7 +754,7 @@ async fn a_target_namespace_without_rights_is_named_and_the_others_carry_on() {
 async fn a_failed_status_write_is_retried_soon() {
     let a = private_etcd("sources-retry");
     let scope = Scope::with_registry("sourcesretry", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     let kubeconfig = scope.bridge_kubeconfig();
     let no_status = SOURCES_ROLE.replace("etcdsources/status", "etcdsources/scale");
     scope.apply(&no_status);
@@ -837,7 +797,7 @@ async fn with_two_replicas_only_the_leader_writes_status_and_the_standby_takes_o
     let a = private_etcd("sources-ha-a");
     let b = private_etcd("sources-ha-b");
     let scope = Scope::with_registry("sourcesha", &a.endpoint());
-    install_crd(&scope);
+    install_sources_crd(&scope);
     scope.bridge_kubeconfig(); // the Role etcd-bridge
     scope.apply(SOURCES_ROLE);
     let replicas = ["r0", "r1"];

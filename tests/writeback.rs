@@ -11,6 +11,9 @@ mod formats;
 // Many etcd leases: at most N keys each, one keepalive stream each, lost ones put again.
 #[path = "writeback/leases.rs"]
 mod leases;
+// Several registries: the EtcdSource an object's spec.source names.
+#[path = "writeback/sources.rs"]
+mod sources;
 
 use common::*;
 use etcd_client::{Client as Etcd, EventType, GetOptions, WatchOptions};

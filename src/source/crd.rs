@@ -59,8 +59,8 @@ pub struct EtcdSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 30), regex(pattern = r"^[a-z]([-a-z0-9]*)?$"))]
     pub name_prefix: Option<String>,
-    /// Where EtcdRegistrations for this registry would be written. Not used by write-back yet:
-    /// it writes to the bridge's own etcd (`--writeback-prefix`).
+    /// Where the EtcdRegistrations that name this source (`spec.source`) are written, in this
+    /// source's etcd. Absent: none may name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("self.startsWith('/') && self.endsWith('/')").message("the write-back prefix starts and ends with `/`"))]

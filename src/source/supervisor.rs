@@ -15,6 +15,7 @@ use super::spec::{self, Context, Secret, SourceConfig, SourceName};
 use super::status::ReportsByNamespace;
 use crate::etcd::Update;
 use crate::metrics::Metrics;
+use crate::writeback::destination::Registries;
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
@@ -104,6 +105,8 @@ pub struct Supervisor {
     reports: watch::Receiver<ReportsByNamespace>,
     leader: watch::Receiver<crate::leader::Holding>,
     publisher: Publisher,
+    /// Where write-back may write, for its controller (with `--writeback`).
+    registries: Option<watch::Sender<Arc<Registries>>>,
 }
 
 impl Supervisor {
@@ -131,7 +134,14 @@ impl Supervisor {
             metrics,
             running: BTreeMap::new(),
             refused: Refused::new(),
+            registries: None,
         }
+    }
+
+    /// Tells write-back which registries it may write to, at each change.
+    pub fn with_registries(mut self, tx: watch::Sender<Arc<Registries>>) -> Self {
+        self.registries = Some(tx);
+        self
     }
 
     /// Every namespace the bridge projects into (`--namespace` first): those a source's
@@ -256,6 +266,16 @@ impl Supervisor {
         let (kept, overlaps) = spec::refuse_overlaps(resolved);
         for o in overlaps {
             refused.insert(o.source.clone(), o.invalid().to_string());
+        }
+        if let Some(tx) = &self.registries {
+            let now = Registries::from_sources(&kept, &refused);
+            tx.send_if_modified(|r| {
+                let changed = **r != now;
+                if changed {
+                    *r = Arc::new(now);
+                }
+                changed
+            });
         }
         let desired: BTreeMap<SourceName, SourceConfig> = kept
             .into_iter()

@@ -4,26 +4,30 @@
 //! leases before the old holder's can expire (no DELETE for watchers during a failover). A lost
 //! lease gets a pass over the objects whose keys were on it.
 //!
+//! Each object goes to one registry ([`destination::choose`]): the bridge's own etcd, or the
+//! EtcdSource its `spec.source` names. Each registry has its own leases and freed-key watch
+//! ([`Targets`]); an object that moves to another registry is taken out of the one before.
+//!
 //! A pass writes etcd, then queues what the object needs (finalizer, status, Events) for the
 //! publishers (`object`, `publish`), which write to the apiserver a few at a time: 10,000 objects
 //! reach etcd in seconds, their objects follow. A key is thus in etcd before its object has the
 //! finalizer; if the finalizer cannot be added, or the object is already gone, the publisher
 //! deletes the object's keys again, so that no key outlives its object.
 
-use crate::config::{EtcdArgs, WritebackArgs};
+use crate::config::WritebackArgs;
 use crate::error::{Error, Result};
 use crate::leader::Holding;
 use crate::metrics::Metrics;
-use crate::source::spec::Connection;
 use crate::writeback::crd::EtcdRegistration;
 use crate::writeback::desired::{self, DesiredKey};
-use crate::writeback::freed;
-use crate::writeback::keys::Keys;
-use crate::writeback::lease::{Leases, Owner};
+use crate::writeback::destination::{self, Choice, Destination, Registries};
+use crate::writeback::keys::Outcome;
+use crate::writeback::lease::Owner;
 use crate::writeback::object::{FINALIZER, Finalizer, Objects};
 use crate::writeback::policy::Policy;
 use crate::writeback::publish::Publication;
 use crate::writeback::status::{self, Lookup, Source};
+use crate::writeback::targets::{Outlets, Targets};
 use crate::writeback::triggers;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -56,19 +60,31 @@ const RETRY: Duration = Duration::from_secs(5);
 
 struct Ctx {
     client: Client,
-    keys: Keys,
+    /// The registries, connected.
+    targets: Arc<Targets>,
+    /// Which registries exist, from the source supervisor (or the flags' alone).
+    registries: watch::Receiver<Arc<Registries>>,
+    /// The bridge's namespace, where EtcdSource objects live.
+    namespace: String,
     objects: Objects,
     leader: watch::Receiver<Holding>,
-    prefix: String,
     policy: Policy,
     /// Objects whose write failed, for a new pass.
     retry: mpsc::UnboundedSender<Owner>,
 }
 
+/// The registries the controller writes to: the flags' (`default`, connected at start) and
+/// those the EtcdSource objects add, and the bridge's namespace, where those live.
+pub struct Where {
+    pub default: Destination,
+    pub registries: watch::Receiver<Arc<Registries>>,
+    pub namespace: String,
+}
+
 /// Runs the controller until `shutdown`.
 pub async fn run(
     client: Client,
-    etcd_args: EtcdArgs,
+    places: Where,
     args: WritebackArgs,
     instance: String,
     leader: watch::Receiver<Holding>,
@@ -76,34 +92,39 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let policy = Policy::parse(&args.policy)?;
-    let etcd = connect_until_up(&etcd_args.connection(), &shutdown).await?;
-    let (leases, lost) = Leases::new(
-        etcd.clone(),
+    let etcd = connect_until_up(&places.default, &shutdown).await?;
+    let (retry, mut retries) = mpsc::unbounded_channel();
+    // Bounded: a burst of expiries waits in etcd's watch buffers rather than in our memory.
+    let (freed_tx, mut freed_keys) = mpsc::channel(1024);
+    let (missed_tx, mut missed) = mpsc::channel(1);
+    let targets = Arc::new(Targets::new(
         args.lease_ttl,
         args.keys_per_lease as usize,
-        metrics.clone(),
+        instance,
+        metrics,
+        Outlets {
+            freed: freed_tx,
+            missed: missed_tx,
+            lost: retry.clone(),
+        },
         shutdown.clone(),
-    );
-    forget_when_not_leading(leases.clone(), leader.clone(), shutdown.clone());
-    let (retry, retries) = mpsc::unbounded_channel();
+    ));
+    targets.insert(&places.default, etcd);
+    forget_when_not_leading(targets.clone(), leader.clone(), shutdown.clone());
     let ctx = Arc::new(Ctx {
         objects: Objects::new(client.clone()),
         client: client.clone(),
-        keys: Keys {
-            etcd,
-            leases,
-            metrics,
-            instance,
-        },
+        targets: targets.clone(),
+        registries: places.registries.clone(),
+        namespace: places.namespace,
         leader: leader.clone(),
-        prefix: args.prefix.clone(),
         policy,
         retry,
     });
     for _ in 0..args.concurrency {
         tokio::spawn(publisher(ctx.clone(), shutdown.clone()));
     }
-    tracing::info!(policy = %ctx.policy.describe(), prefix = %ctx.prefix, "write-back controller starting");
+    tracing::info!(policy = %ctx.policy.describe(), prefix = %places.default.prefix, "write-back controller starting");
 
     let (regs, slices, services) = match &args.namespace {
         Some(ns) => (
@@ -123,16 +144,19 @@ pub async fn run(
     }
     let controller =
         Controller::new(regs, config).with_config(Config::default().concurrency(PASSES_AT_ONCE));
-    // Keys that leave etcd: the registrations that want them get a pass at once (a foreign key
-    // that blocked one is gone); a broken watch, once back, means everything gets one.
-    let (freed_keys, missed) =
-        freed::watch(ctx.keys.etcd.clone(), ctx.prefix.clone(), shutdown.clone());
-    // Everything again when this replica gains a bucket, or deletions in etcd may have been
-    // missed.
-    let again = futures::stream::select(gained(leader), missed);
+    // Keys that leave a registry's etcd: the registrations that want them get a pass at once (a
+    // foreign key that blocked one is gone); a broken watch, once back, means everything gets
+    // one. Everything again, too, when this replica gains a bucket, or a registry comes, changes
+    // or goes.
+    let again = futures::stream::select(
+        futures::stream::select(
+            gained(leader),
+            futures::stream::poll_fn(move |cx| missed.poll_recv(cx)),
+        ),
+        registries_changed(places.registries, targets),
+    );
     let (by_slice, by_service, by_key) =
         (controller.store(), controller.store(), controller.store());
-    let prefix = ctx.prefix.clone();
     controller
         // serviceRef: a change to an EndpointSlice, or to the Service itself (it may be deleted
         // while its slices stay), re-checks the registrations that follow that Service.
@@ -143,14 +167,11 @@ pub async fn run(
         .watches(services, watcher::Config::default(), move |s| {
             triggers::following_service(&by_service.state(), s.namespace().as_deref(), &s.name_any())
         })
-        .reconcile_on(freed_keys.flat_map(move |key| {
-            futures::stream::iter(triggers::wanting_key(&by_key.state(), &prefix, &key))
+        .reconcile_on(futures::stream::poll_fn(move |cx| freed_keys.poll_recv(cx)).flat_map(move |(source, prefix, key)| {
+            futures::stream::iter(triggers::wanting_key(&by_key.state(), &source, &prefix, &key))
         }))
         // The objects whose keys were on a lease that is gone, and those whose write failed.
-        .reconcile_on(
-            futures::stream::select(lost, stream_of(retries))
-                .map(|(ns, name)| ObjectRef::new(&name).within(&ns)),
-        )
+        .reconcile_on(futures::stream::poll_fn(move |cx| retries.poll_recv(cx)).map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
         .reconcile_all_on(again)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -164,13 +185,13 @@ pub async fn run(
 }
 
 async fn connect_until_up(
-    args: &Connection,
+    d: &Destination,
     shutdown: &CancellationToken,
 ) -> Result<etcd_client::Client> {
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match crate::etcd::connect(args).await {
+        match crate::etcd::connect(&d.connection).await {
             Ok(c) => return Ok(c),
             Err(e) => {
                 let wait = backoff.next_delay();
@@ -188,7 +209,7 @@ async fn connect_until_up(
 /// leases, so their slots are free here. Ends with `shutdown`: a task still holding a leadership
 /// receiver would keep the Lease from being released on SIGTERM.
 fn forget_when_not_leading(
-    leases: Arc<Leases>,
+    targets: Arc<Targets>,
     mut leader: watch::Receiver<Holding>,
     shutdown: CancellationToken,
 ) {
@@ -202,17 +223,40 @@ fn forget_when_not_leading(
                     }
                     // Holding nothing forgets every key.
                     let now = leader.borrow_and_update().clone();
-                    leases.forget_unless(|(ns, name)| now.registration(ns, name)).await;
+                    for live in targets.all() {
+                        live.keys.leases.forget_unless(|(ns, name)| now.registration(ns, name)).await;
+                    }
                 }
             }
         }
     });
 }
 
-fn stream_of<T: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+/// Yields each time the registries change in a way that matters to write-back (one comes, goes
+/// or changes, or the EtcdSource objects are listed), having first dropped the connected ones
+/// that are gone or changed.
+fn registries_changed(
+    rx: watch::Receiver<Arc<Registries>>,
+    targets: Arc<Targets>,
+) -> impl futures::Stream<Item = ()> {
+    let before = rx.borrow().clone();
+    futures::stream::unfold((rx, before), move |(mut rx, mut before)| {
+        let targets = targets.clone();
+        async move {
+            loop {
+                rx.changed().await.ok()?;
+                let now = rx.borrow_and_update().clone();
+                let changed = (now.writable != before.writable)
+                    || (now.listed != before.listed)
+                    || (now.not_writable != before.not_writable);
+                targets.retain(&now);
+                before = now;
+                if changed {
+                    return Some(((), (rx, before)));
+                }
+            }
+        }
+    })
 }
 
 /// Yields each time the replica gains a bucket.
@@ -293,12 +337,40 @@ async fn addresses(obj: &EtcdRegistration, ctx: &Ctx) -> Result<Source> {
 async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Result<Action> {
     let me: Owner = (obj.namespace().unwrap_or_default(), obj.name_any());
     let prev = obj.status.clone().unwrap_or_default();
-    let source = addresses(&obj, ctx).await?;
-    let want: Vec<DesiredKey> = match &source {
-        Source::Addresses(a) => desired::keys(&ctx.prefix, &ctx.keys.owner(&me), &obj.spec, a),
-        _ => Vec::new(),
-    };
-    let done = ctx.keys.write(&me, &want, &prev.keys).await?;
+    let mut source = addresses(&obj, ctx).await?;
+    let registries = ctx.registries.borrow().clone();
+    let before = destination::holding(prev.source.as_deref());
+    let (registry, done) =
+        match destination::choose(obj.spec.source.as_deref(), &registries, &ctx.namespace) {
+            Choice::Wait(why) => {
+                tracing::debug!("{why}: nothing written yet");
+                return Ok(Action::requeue(BACKSTOP));
+            }
+            Choice::Refuse(reason, message) => {
+                take_back(ctx, &registries, before, &me, &prev.keys).await?;
+                if !matches!(source, Source::Denied(..)) {
+                    source = Source::NotReady(reason, message);
+                }
+                (None, Outcome::default())
+            }
+            Choice::Write(d) => {
+                let live = ctx.targets.get(d).await?;
+                // Keys in another registry before: taken back from there, none to delete here.
+                let mut prev_keys = &prev.keys[..];
+                if before != d.source {
+                    take_back(ctx, &registries, before, &me, prev_keys).await?;
+                    prev_keys = &[];
+                }
+                let want: Vec<DesiredKey> = match &source {
+                    Source::Addresses(a) => {
+                        desired::keys(&d.prefix, &live.keys.owner(&me), &obj.spec, a)
+                    }
+                    _ => Vec::new(),
+                };
+                let done = live.keys.write(&me, &want, prev_keys).await?;
+                (Some(d.source.as_str()), done)
+            }
+        };
     if done.put > 0 || done.deleted > 0 {
         tracing::info!(
             put = done.put,
@@ -308,7 +380,14 @@ async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Re
         );
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let next = status::status(&source, &done.written, &prev, obj.metadata.generation, now);
+    let next = status::status(
+        &source,
+        registry,
+        &done.written,
+        &prev,
+        obj.metadata.generation,
+        now,
+    );
     let status = status::changes(&prev, &next)
         .filter(|_| !ctx.objects.already_written(&me, &prev, &next))
         .map(|notes| (next, notes));
@@ -366,7 +445,10 @@ async fn publish(ctx: &Ctx, me: &Owner, p: &Publication<Arc<EtcdRegistration>>) 
         // Its keys are in etcd: take them back unless the object keeps the finalizer.
         let added = ctx.objects.add_finalizer(obj).await;
         if !matches!(added, Ok(Finalizer::Added)) {
-            ctx.keys.remove(me, &p.keys).await?;
+            // From whichever registry holds them (a delete checks the owner).
+            for live in ctx.targets.all() {
+                live.keys.remove(me, &p.keys).await?;
+            }
             return added.map(|_| ()); // gone: nothing more to do
         }
     }
@@ -376,20 +458,50 @@ async fn publish(ctx: &Ctx, me: &Owner, p: &Publication<Arc<EtcdRegistration>>) 
     Ok(())
 }
 
-/// The object is being deleted: remove exactly the keys it owns.
+/// `me`'s keys in the registry `name`, where they were before: deleted (each checking the
+/// owner). A registry that is gone or changed cannot be written: the keys on its leases leave
+/// etcd within the lease TTL, its keepalives having stopped.
+async fn take_back(
+    ctx: &Ctx,
+    registries: &Registries,
+    name: &str,
+    me: &Owner,
+    keys: &[String],
+) -> Result<()> {
+    let Some(d) = registries.writable.get(name) else {
+        return Ok(());
+    };
+    let live = ctx.targets.get(d).await?;
+    live.keys.remove(me, &keys.iter().cloned().collect()).await
+}
+
+/// The object is being deleted: remove exactly the keys it owns, from the registry its status
+/// names and the one its spec names (they differ if it moved and the move was not written yet).
 async fn cleanup(obj: &EtcdRegistration, ctx: &Ctx) -> Result<()> {
     let me: Owner = (obj.namespace().unwrap_or_default(), obj.name_any());
     ctx.objects.forget(&me);
-    let mut keys: BTreeSet<String> = obj.status.iter().flat_map(|s| s.keys.clone()).collect();
-    if let Some(a) = &obj.spec.addresses {
-        let addrs: Vec<String> = a.iter().map(|a| a.0.clone()).collect();
-        keys.extend(
-            desired::keys(&ctx.prefix, &ctx.keys.owner(&me), &obj.spec, &addrs)
-                .into_iter()
-                .map(|d| d.key),
-        );
+    let registries = ctx.registries.borrow().clone();
+    let status = obj.status.clone().unwrap_or_default();
+    let names = BTreeSet::from([
+        destination::holding(status.source.as_deref()),
+        destination::holding(obj.spec.source.as_deref()),
+    ]);
+    let mut keys: BTreeSet<String> = status.keys.iter().cloned().collect();
+    for name in names {
+        let Some(d) = registries.writable.get(name) else {
+            continue; // gone: see take_back
+        };
+        let live = ctx.targets.get(d).await?;
+        if let Some(a) = &obj.spec.addresses {
+            let addrs: Vec<String> = a.iter().map(|a| a.0.clone()).collect();
+            keys.extend(
+                desired::keys(&d.prefix, &live.keys.owner(&me), &obj.spec, &addrs)
+                    .into_iter()
+                    .map(|d| d.key),
+            );
+        }
+        live.keys.remove(&me, &keys).await?;
     }
-    ctx.keys.remove(&me, &keys).await?;
     ctx.objects
         .event(
             obj,

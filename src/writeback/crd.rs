@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".spec.weight"}"#,
     printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.endpoints"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","priority":1,"jsonPath":".status.source"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("has(self.addresses) != has(self.serviceRef)").message("give exactly one of addresses and serviceRef"))]
@@ -56,6 +57,15 @@ pub struct EtcdRegistrationSpec {
     /// `etcd:///{prefix}{service}[/{version}]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<WriteFormat>,
+    /// The registry to write to: an EtcdSource in the bridge's namespace, whose etcd and
+    /// `writebackPrefix` the keys go to. Absent: the bridge's own etcd, under
+    /// `--writeback-prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
+    pub source: Option<String>,
 }
 
 /// The registry formats write-back writes.
@@ -114,6 +124,9 @@ pub struct EtcdRegistrationStatus {
     /// (a lease holds at most --writeback-keys-per-lease keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
+    /// The registry that holds the keys: `default` (the bridge's own etcd) or an EtcdSource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The CRD as YAML, exactly as committed in `crds/` and in the chart.

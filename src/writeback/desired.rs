@@ -102,6 +102,7 @@ mod tests {
             service_ref: None,
             metadata: Some(BTreeMap::from([("zone".into(), "a".into())])),
             format: None,
+            source: None,
         }
     }
 

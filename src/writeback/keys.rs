@@ -19,6 +19,7 @@ pub struct Keys {
 }
 
 /// What one pass did in etcd.
+#[derive(Default)]
 pub struct Outcome {
     pub written: Written,
     pub put: usize,

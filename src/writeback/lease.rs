@@ -28,6 +28,14 @@ pub struct Leases {
     shutdown: CancellationToken,
 }
 
+impl Drop for Leases {
+    /// A registry dropped (changed or gone) takes its leases out of the gauge.
+    fn drop(&mut self) {
+        let held = self.pool.get_mut().usage().len();
+        self.metrics.writeback_leases.dec_by(held as i64);
+    }
+}
+
 impl Leases {
     /// Leases of `ttl` holding at most `per_lease` keys each, kept alive until `shutdown`; and the
     /// owners of the keys on each lease found lost. On shutdown no lease is revoked: a successor
@@ -65,7 +73,8 @@ impl Leases {
                     for _ in 0..n {
                         let id = self.grant(owner).await?;
                         pool.add_lease(id);
-                        self.metrics.writeback_leases.set(pool.usage().len() as i64);
+                        // Added to, not set: each registry has its own leases.
+                        self.metrics.writeback_leases.inc();
                         tokio::spawn(self.clone().keep(id));
                     }
                 }
@@ -104,7 +113,7 @@ impl Leases {
                 return; // already handled
             }
             let owners = pool.lose(id);
-            self.metrics.writeback_leases.set(pool.usage().len() as i64);
+            self.metrics.writeback_leases.dec();
             owners
         };
         self.metrics.writeback_leases_lost.inc();

@@ -9,7 +9,10 @@
 //!   the objects whose keys were on it.
 //! - `store`: compare-and-put / compare-and-delete transactions that never touch a key another
 //!   owner holds.
-//! - `freed`: the watch on keys leaving etcd under the write-back prefix.
+//! - `destination`: which registry an object is written to, the flags' etcd or the EtcdSource
+//!   its `spec.source` names (pure); `targets`: those registries, connected, each with its own
+//!   leases and freed-key watch.
+//! - `freed`: the watch on keys leaving etcd under a write-back prefix.
 //! - `keys`: an object's keys in etcd, on their leases; `publish`: the queue of writes to the
 //!   objects (pure); `object`: those writes (finalizer, status, Events), a few at a time.
 //! - `controller`: the kube-runtime controller that ties them together (leader only).
@@ -17,6 +20,7 @@
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod destination;
 pub mod freed;
 pub mod keys;
 pub mod lease;
@@ -26,4 +30,5 @@ pub mod policy;
 pub mod publish;
 pub mod status;
 pub mod store;
+pub mod targets;
 pub mod triggers;

@@ -107,9 +107,11 @@ pub struct Written {
 }
 
 /// The status to report: conditions Ready, Conflict and Denied (keeping each one's transition
-/// time while its status holds), the registered keys and their leases.
+/// time while its status holds), the registered keys, their leases and the registry holding them
+/// (`registry`: `None` when nothing could be written anywhere).
 pub fn status(
     source: &Source,
+    registry: Option<&str>,
     written: &Written,
     prev: &EtcdRegistrationStatus,
     generation: Option<i64>,
@@ -173,6 +175,7 @@ pub fn status(
         endpoints: written.registered.len() as i64,
         keys: written.registered.clone(),
         lease_id: leases,
+        source: registry.map(str::to_owned),
     }
 }
 
@@ -201,6 +204,7 @@ pub fn changes(prev: &EtcdRegistrationStatus, next: &EtcdRegistrationStatus) -> 
     let unchanged = same_conditions(&prev.conditions, &next.conditions)
         && prev.keys == next.keys
         && prev.lease_id == next.lease_id
+        && prev.source == next.source
         && prev.observed_generation == next.observed_generation;
     if unchanged {
         return None;
@@ -241,7 +245,14 @@ pub fn digest(s: &EtcdRegistrationStatus) -> u64 {
         .collect();
     conditions.sort();
     conditions.hash(&mut h);
-    (&s.keys, s.endpoints, &s.lease_id, s.observed_generation).hash(&mut h);
+    (
+        &s.keys,
+        s.endpoints,
+        &s.lease_id,
+        &s.source,
+        s.observed_generation,
+    )
+        .hash(&mut h);
     h.finish()
 }
 
@@ -319,6 +330,7 @@ mod tests {
             }),
             metadata: None,
             format: None,
+            source: None,
         }
     }
 
@@ -395,6 +407,7 @@ mod tests {
         };
         let s = status(
             &Source::Addresses(vec![]),
+            Some("default"),
             &written,
             &Default::default(),
             Some(3),
@@ -431,12 +444,8 @@ mod tests {
     fn a_service_gone_reports_not_found_and_registers_nothing() {
         let prev = status(
             &Source::Addresses(vec!["10.0.0.1:1".into()]),
-            &Written {
-                wanted: 1,
-                registered: vec!["/a/10.0.0.1:1".into()],
-                leases: vec![1],
-                conflicts: vec![],
-            },
+            Some("default"),
+            &one_key(),
             &Default::default(),
             Some(1),
             at(1),
@@ -446,7 +455,14 @@ mod tests {
             "ServiceNotFound",
             "Service ns/api does not exist (yet)".into(),
         );
-        let next = status(&gone, &Written::default(), &prev, Some(1), at(2));
+        let next = status(
+            &gone,
+            Some("default"),
+            &Written::default(),
+            &prev,
+            Some(1),
+            at(2),
+        );
         assert_eq!(
             said(&next),
             [
@@ -475,6 +491,7 @@ mod tests {
     fn denied_says_so_on_ready_too() {
         let s = status(
             &Source::Denied("FeedbackLoop", "loops".into()),
+            Some("default"),
             &Written::default(),
             &Default::default(),
             None,
@@ -499,45 +516,70 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_same_status_again_is_not_written() {
-        let src = Source::Addresses(vec!["10.0.0.1:1".into()]);
-        let written = Written {
+    /// One key registered, on lease 1.
+    fn one_key() -> Written {
+        Written {
             wanted: 1,
             registered: vec!["/a/10.0.0.1:1".into()],
             leases: vec![1],
             conflicts: vec![],
-        };
-        let first = status(&src, &written, &Default::default(), Some(1), at(1));
-        let again = status(&src, &written, &first, Some(1), at(9));
+        }
+    }
+
+    #[test]
+    fn the_same_status_again_is_not_written() {
+        let src = Source::Addresses(vec!["10.0.0.1:1".into()]);
+        let written = one_key();
+        let first = status(
+            &src,
+            Some("default"),
+            &written,
+            &Default::default(),
+            Some(1),
+            at(1),
+        );
+        let again = status(&src, Some("default"), &written, &first, Some(1), at(9));
         assert_eq!(changes(&first, &again), None);
         // A new lease, or a new generation, is written; with no Event when no condition changed.
         let relet = Written {
             leases: vec![2],
             ..written.clone()
         };
-        let relet = status(&src, &relet, &first, Some(1), at(9));
+        let relet = status(&src, Some("default"), &relet, &first, Some(1), at(9));
         assert_eq!(
             changes(&first, &relet),
             Some(vec![]),
             "Ready's message names the lease"
         );
-        let next_gen = status(&src, &written, &first, Some(2), at(9));
+        let next_gen = status(&src, Some("default"), &written, &first, Some(2), at(9));
         assert_eq!(changes(&first, &next_gen), Some(vec![]));
+        // Keys now in another registry: written, so that the next pass knows where they are.
+        let moved = status(&src, Some("east"), &written, &first, Some(1), at(9));
+        assert_eq!(changes(&first, &moved), Some(vec![]));
+        assert_eq!(moved.source.as_deref(), Some("east"));
     }
 
     #[test]
     fn the_digest_ignores_the_times_only() {
         let src = Source::Addresses(vec!["10.0.0.1:1".into()]);
-        let written = Written {
-            wanted: 1,
-            registered: vec!["/a/10.0.0.1:1".into()],
-            leases: vec![1],
-            conflicts: vec![],
-        };
-        let first = status(&src, &written, &Default::default(), Some(1), at(1));
+        let written = one_key();
+        let first = status(
+            &src,
+            Some("default"),
+            &written,
+            &Default::default(),
+            Some(1),
+            at(1),
+        );
         // Computed again from a stale copy: a new transition time, the same news.
-        let again = status(&src, &written, &Default::default(), Some(1), at(9));
+        let again = status(
+            &src,
+            Some("default"),
+            &written,
+            &Default::default(),
+            Some(1),
+            at(9),
+        );
         assert_ne!(first, again);
         assert_eq!(digest(&first), digest(&again));
         let relet = Written {
@@ -546,11 +588,25 @@ mod tests {
         };
         assert_ne!(
             digest(&first),
-            digest(&status(&src, &relet, &first, Some(1), at(9)))
+            digest(&status(
+                &src,
+                Some("default"),
+                &relet,
+                &first,
+                Some(1),
+                at(9)
+            ))
         );
         assert_ne!(
             digest(&first),
-            digest(&status(&src, &written, &first, Some(2), at(9)))
+            digest(&status(
+                &src,
+                Some("default"),
+                &written,
+                &first,
+                Some(2),
+                at(9)
+            ))
         );
     }
 
@@ -564,6 +620,7 @@ mod tests {
         };
         let s = status(
             &Source::Addresses(vec![]),
+            Some("default"),
             &written,
             &Default::default(),
             Some(1),
@@ -576,6 +633,7 @@ mod tests {
         );
         let none = status(
             &Source::NotReady("NoSource", "none".into()),
+            Some("default"),
             &Written::default(),
             &s,
             Some(1),

@@ -6,6 +6,7 @@
 //! Reconciling an object it did not need to costs a few etcd reads and writes nothing, so the
 //! matching errs towards too many, never too few.
 
+use crate::source::spec::DEFAULT_SOURCE;
 use crate::writeback::crd::EtcdRegistration;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -44,11 +45,12 @@ pub fn following_slice(
     }
 }
 
-/// The registrations that would write `key` (written back under `prefix`): same service and
-/// version, and the address among its static addresses; any address for a serviceRef, whose
-/// addresses the store does not hold.
+/// The registrations that would write `key` (written back under `prefix` in the registry
+/// `source`): they name that registry, have the same service and version, and the address among
+/// their static addresses; any address for a serviceRef, whose addresses the store does not hold.
 pub fn wanting_key(
     regs: &[Arc<EtcdRegistration>],
+    source: &str,
     prefix: &str,
     key: &str,
 ) -> Vec<ObjectRef<EtcdRegistration>> {
@@ -56,6 +58,7 @@ pub fn wanting_key(
         return Vec::new();
     };
     regs.iter()
+        .filter(|r| r.spec.source.as_deref().unwrap_or(DEFAULT_SOURCE) == source)
         .filter(|r| r.spec.service == service && r.spec.version.as_deref().unwrap_or("") == version)
         .filter(|r| match &r.spec.addresses {
             Some(a) => a.iter().any(|a| a.0 == addr),
@@ -111,6 +114,7 @@ mod tests {
                 }),
                 metadata: None,
                 format: None,
+                source: None,
             },
         );
         r.metadata.namespace = Some(ns.into());
@@ -154,27 +158,61 @@ mod tests {
     fn a_freed_key_concerns_the_registrations_that_want_it() {
         let regs = estate();
         assert_eq!(
-            names(wanting_key(&regs, "/p/", "/p/billing/v2/10.0.0.1:9000")),
+            names(wanting_key(
+                &regs,
+                "default",
+                "/p/",
+                "/p/billing/v2/10.0.0.1:9000"
+            )),
             ["a/static-v2", "b/ref-v2"]
         );
         assert_eq!(
-            names(wanting_key(&regs, "/p/", "/p/billing/v2/[fd00::1]:9000")),
+            names(wanting_key(
+                &regs,
+                "default",
+                "/p/",
+                "/p/billing/v2/[fd00::1]:9000"
+            )),
             ["a/static-v2", "b/ref-v2"]
         );
         assert_eq!(
-            names(wanting_key(&regs, "/p/", "/p/billing/10.0.0.1:9000")),
+            names(wanting_key(
+                &regs,
+                "default",
+                "/p/",
+                "/p/billing/10.0.0.1:9000"
+            )),
             ["a/static-nov"]
         );
         // An address nobody lists, another version, another prefix: nobody.
         assert_eq!(
-            names(wanting_key(&regs, "/p/", "/p/billing/10.0.0.9:9000")),
+            names(wanting_key(
+                &regs,
+                "default",
+                "/p/",
+                "/p/billing/10.0.0.9:9000"
+            )),
             Vec::<String>::new()
         );
-        assert!(wanting_key(&regs, "/p/", "/p/billing/v3/10.0.0.1:9000").is_empty());
-        assert!(wanting_key(&regs, "/p/", "/q/billing/v2/10.0.0.1:9000").is_empty());
+        assert!(wanting_key(&regs, "default", "/p/", "/p/billing/v3/10.0.0.1:9000").is_empty());
+        assert!(wanting_key(&regs, "default", "/p/", "/q/billing/v2/10.0.0.1:9000").is_empty());
         // Not a registration key at all.
-        assert!(wanting_key(&regs, "/p/", "/p/billing").is_empty());
-        assert!(wanting_key(&regs, "/p/", "/p/billing/v2/x/10.0.0.1:9000").is_empty());
+        assert!(wanting_key(&regs, "default", "/p/", "/p/billing").is_empty());
+        assert!(wanting_key(&regs, "default", "/p/", "/p/billing/v2/x/10.0.0.1:9000").is_empty());
+    }
+
+    #[test]
+    fn a_freed_key_concerns_only_the_registrations_naming_its_registry() {
+        let mut east = (*reg("a", "east", "billing", None, Some(&["10.0.0.1:9000"]), None)).clone();
+        east.spec.source = Some("east".into());
+        let regs = [estate(), vec![Arc::new(east)]].concat();
+        let key = "/p/billing/10.0.0.1:9000";
+        assert_eq!(names(wanting_key(&regs, "east", "/p/", key)), ["a/east"]);
+        assert_eq!(
+            names(wanting_key(&regs, "default", "/p/", key)),
+            ["a/static-nov"]
+        );
+        assert!(wanting_key(&regs, "west", "/p/", key).is_empty());
     }
 
     #[test]
@@ -210,7 +248,7 @@ mod tests {
         ) {
             let r = reg("ns", "r", &service, version.as_deref(), Some(&[addr.as_str()]), None);
             let key = crate::format::seed::reg_key(&prefix, &service, version.as_deref().unwrap_or(""), &addr);
-            prop_assert_eq!(names(wanting_key(&[r], &prefix, &key)), vec!["ns/r".to_string()]);
+            prop_assert_eq!(names(wanting_key(&[r], "default", &prefix, &key)), vec!["ns/r".to_string()]);
         }
     }
 }

@@ -4,7 +4,7 @@
 
 pub mod objects;
 
-pub use etcd_bridge_testbed::{TestBed, process::Proc, unique};
+pub use etcd_bridge_testbed::{Etcd as EtcdServer, TestBed, process::Proc, scratch_dir, unique};
 use etcd_client::{Client as Etcd, PutOptions};
 #[allow(unused_imports)] // not every test binary reads objects back
 pub use objects::*;
@@ -464,4 +464,45 @@ impl Bridge {
     pub fn full_log(&self) -> String {
         self.proc.full_log()
     }
+}
+
+/// What `--sources` adds to [`bridge_role`]: reading EtcdSources and the one Secret a source
+/// names (the chart renders the same, from `sources.secretNames`).
+pub const SOURCES_ROLE: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: etcd-bridge-sources}
+rules:
+- apiGroups: [etcd-bridge.io]
+  resources: [etcdsources]
+  verbs: [get, list, watch]
+- apiGroups: [etcd-bridge.io]
+  resources: [etcdsources/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [etcd-b]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: etcd-bridge-sources}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: etcd-bridge-sources}
+subjects:
+- {kind: ServiceAccount, name: etcd-bridge}
+"#;
+
+/// A private registry etcd, for a test that stops or restarts it, or needs a second registry.
+pub fn private_etcd(label: &str) -> EtcdServer {
+    EtcdServer::start(&scratch_dir(label), "registry", &[])
+        .unwrap_or_else(|e| panic!("a private registry etcd did not start (no skipping):\n{e}"))
+}
+
+/// The EtcdSource CRD, as generated.
+pub fn install_sources_crd(scope: &Scope) {
+    let crd = etcd_bridge_testbed::repo::path("crds/etcdsources.etcd-bridge.io.yaml");
+    let yaml = std::fs::read_to_string(&crd).expect("read the generated CRD");
+    (scope.bed.cluster)
+        .install_crd(&yaml, "etcdsources.etcd-bridge.io")
+        .unwrap_or_else(|e| panic!("{e}"));
 }
