@@ -20,7 +20,7 @@ use crate::leader::Holding;
 use crate::metrics::Metrics;
 use crate::writeback::crd::EtcdRegistration;
 use crate::writeback::desired::{self, DesiredKey};
-use crate::writeback::destination::{self, Choice, Destination, Registries};
+use crate::writeback::destination::{self, Changed, Choice, Destination, Held, Registries};
 use crate::writeback::keys::Outcome;
 use crate::writeback::lease::Owner;
 use crate::writeback::object::{FINALIZER, Finalizer, Objects};
@@ -146,17 +146,40 @@ pub async fn run(
         Controller::new(regs, config).with_config(Config::default().concurrency(PASSES_AT_ONCE));
     // Keys that leave a registry's etcd: the registrations that want them get a pass at once (a
     // foreign key that blocked one is gone); a broken watch, once back, means everything gets
-    // one. Everything again, too, when this replica gains a bucket, or a registry comes, changes
-    // or goes.
-    let again = futures::stream::select(
-        futures::stream::select(
-            gained(leader),
-            futures::stream::poll_fn(move |cx| missed.poll_recv(cx)),
-        ),
-        registries_changed(places.registries, targets),
+    // one, as does this replica gaining a bucket. A registry that comes, changes or goes: the
+    // objects that name it or hold keys in it.
+    let (all_tx, mut all_rx) = mpsc::channel(1);
+    let (some_tx, mut some_rx) = mpsc::unbounded_channel();
+    tokio::spawn(follow_registries(
+        places.registries,
+        targets,
+        all_tx,
+        some_tx,
+    ));
+    let again = futures::stream::select_all([
+        gained(leader).boxed(),
+        futures::stream::poll_fn(move |cx| missed.poll_recv(cx)).boxed(),
+        futures::stream::poll_fn(move |cx| all_rx.poll_recv(cx)).boxed(),
+    ]);
+    let (by_slice, by_service, by_key, by_source) = (
+        controller.store(),
+        controller.store(),
+        controller.store(),
+        controller.store(),
     );
-    let (by_slice, by_service, by_key) =
-        (controller.store(), controller.store(), controller.store());
+    let freed = futures::stream::poll_fn(move |cx| freed_keys.poll_recv(cx)).flat_map(
+        move |(source, prefix, key)| {
+            let regs = by_key.state();
+            futures::stream::iter(triggers::wanting_key(&regs, &source, &prefix, &key))
+        },
+    );
+    let moved =
+        futures::stream::poll_fn(move |cx| some_rx.poll_recv(cx)).flat_map(move |sources| {
+            futures::stream::iter(triggers::in_registries(&by_source.state(), &sources))
+        });
+    // The objects whose keys were on a lease that is gone, and those whose write failed.
+    let retried = futures::stream::poll_fn(move |cx| retries.poll_recv(cx))
+        .map(|(ns, name)| ObjectRef::new(&name).within(&ns));
     controller
         // serviceRef: a change to an EndpointSlice, or to the Service itself (it may be deleted
         // while its slices stay), re-checks the registrations that follow that Service.
@@ -167,11 +190,9 @@ pub async fn run(
         .watches(services, watcher::Config::default(), move |s| {
             triggers::following_service(&by_service.state(), s.namespace().as_deref(), &s.name_any())
         })
-        .reconcile_on(futures::stream::poll_fn(move |cx| freed_keys.poll_recv(cx)).flat_map(move |(source, prefix, key)| {
-            futures::stream::iter(triggers::wanting_key(&by_key.state(), &source, &prefix, &key))
-        }))
-        // The objects whose keys were on a lease that is gone, and those whose write failed.
-        .reconcile_on(futures::stream::poll_fn(move |cx| retries.poll_recv(cx)).map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
+        .reconcile_on(freed)
+        .reconcile_on(moved)
+        .reconcile_on(retried)
         .reconcile_all_on(again)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -232,31 +253,32 @@ fn forget_when_not_leading(
     });
 }
 
-/// Yields each time the registries change in a way that matters to write-back (one comes, goes
-/// or changes, or the EtcdSource objects are listed), having first dropped the connected ones
-/// that are gone or changed.
-fn registries_changed(
-    rx: watch::Receiver<Arc<Registries>>,
+/// Follows the registries until the source supervisor is gone: drops the connected ones that
+/// are gone or changed, then asks for a pass over the objects the change concerns
+/// ([`destination::changed`]).
+async fn follow_registries(
+    mut rx: watch::Receiver<Arc<Registries>>,
     targets: Arc<Targets>,
-) -> impl futures::Stream<Item = ()> {
-    let before = rx.borrow().clone();
-    futures::stream::unfold((rx, before), move |(mut rx, mut before)| {
-        let targets = targets.clone();
-        async move {
-            loop {
-                rx.changed().await.ok()?;
-                let now = rx.borrow_and_update().clone();
-                let changed = (now.writable != before.writable)
-                    || (now.listed != before.listed)
-                    || (now.not_writable != before.not_writable);
-                targets.retain(&now);
-                before = now;
-                if changed {
-                    return Some(((), (rx, before)));
-                }
+    all: mpsc::Sender<()>,
+    some: mpsc::UnboundedSender<BTreeSet<String>>,
+) {
+    let mut before = rx.borrow().clone();
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow_and_update().clone();
+        targets.retain(&now);
+        let sent = match destination::changed(&before, &now) {
+            None => true,
+            // One pending "all" is as good as many.
+            Some(Changed::All) => {
+                !matches!(all.try_send(()), Err(mpsc::error::TrySendError::Closed(_)))
             }
+            Some(Changed::Sources(names)) => some.send(names).is_ok(),
+        };
+        if !sent {
+            return; // the controller is gone
         }
-    })
+        before = now;
+    }
 }
 
 /// Yields each time the replica gains a bucket.
@@ -468,11 +490,24 @@ async fn take_back(
     me: &Owner,
     keys: &[String],
 ) -> Result<()> {
-    let Some(d) = registries.writable.get(name) else {
-        return Ok(());
+    let d = match destination::held(registries, name) {
+        Held::In(d) => d,
+        Held::Lapsing => return Ok(()),
+        Held::Unknown if keys.is_empty() => return Ok(()),
+        Held::Unknown => return Err(not_listed(me, name)),
     };
     let live = ctx.targets.get(d).await?;
     live.keys.remove(me, &keys.iter().cloned().collect()).await
+}
+
+/// Keys in a registry not known yet: kept where they are (with the finalizer) until it is.
+fn not_listed(me: &Owner, name: &str) -> Error {
+    Error::WriteBack {
+        key: format!("{}/{}", me.0, me.1),
+        reason: format!(
+            "its keys are in registry `{name}`, and the EtcdSource objects are not listed yet; retried"
+        ),
+    }
 }
 
 /// The object is being deleted: remove exactly the keys it owns, from the registry its status
@@ -488,8 +523,10 @@ async fn cleanup(obj: &EtcdRegistration, ctx: &Ctx) -> Result<()> {
     ]);
     let mut keys: BTreeSet<String> = status.keys.iter().cloned().collect();
     for name in names {
-        let Some(d) = registries.writable.get(name) else {
-            continue; // gone: see take_back
+        let d = match destination::held(&registries, name) {
+            Held::In(d) => d,
+            Held::Lapsing => continue,
+            Held::Unknown => return Err(not_listed(&me, name)),
         };
         let live = ctx.targets.get(d).await?;
         if let Some(a) = &obj.spec.addresses {

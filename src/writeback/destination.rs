@@ -3,7 +3,7 @@
 //! supervisor says which registries exist, this decides where each object goes.
 
 use crate::source::spec::{Connection, DEFAULT_SOURCE, SourceConfig, SourceName};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One registry write-back may write to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +127,59 @@ pub fn choose<'a>(named: Option<&str>, r: &'a Registries, namespace: &str) -> Ch
     )
 }
 
+/// Where keys written before are, for taking them back (a move, a deletion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held<'a> {
+    /// In a registry that is connected or can be: delete them there.
+    In(&'a Destination),
+    /// In a registry that is gone or refused: nothing keeps its leases alive any more, so the
+    /// keys leave etcd within the lease TTL.
+    Lapsing,
+    /// In a registry not known yet (the EtcdSource objects are not listed): not known to be
+    /// gone either, so wait; taking nothing back now would leave them on a live lease.
+    Unknown,
+}
+
+/// Where the keys of a registry named `name` are (see [`holding`]).
+pub fn held<'a>(r: &'a Registries, name: &str) -> Held<'a> {
+    match r.writable.get(name) {
+        Some(d) => Held::In(d),
+        None if r.listed => Held::Lapsing,
+        None => Held::Unknown,
+    }
+}
+
+/// Which objects a change of the registries concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Every object: the EtcdSource objects were just listed, so the objects that waited for a
+    /// source not seen yet (their names are in the objects only) now learn where they go.
+    All,
+    /// Those that name one of these registries, or whose keys are in one: it came, went,
+    /// changed (its etcd, credentials or prefix), or is refused for another reason.
+    Sources(BTreeSet<SourceName>),
+}
+
+/// What changed from `before` to `now`; `None` when nothing write-back cares about did.
+pub fn changed(before: &Registries, now: &Registries) -> Option<Changed> {
+    if before.listed != now.listed {
+        return Some(Changed::All);
+    }
+    let entry = |r: &Registries, name: &str| {
+        (
+            r.writable.get(name).cloned(),
+            r.not_writable.get(name).cloned(),
+        )
+    };
+    let names: BTreeSet<SourceName> = [before, now]
+        .iter()
+        .flat_map(|r| r.writable.keys().chain(r.not_writable.keys()))
+        .filter(|n| entry(before, n) != entry(now, n))
+        .cloned()
+        .collect();
+    (!names.is_empty()).then_some(Changed::Sources(names))
+}
+
 /// The registry that holds the keys an object's status lists (statuses written before
 /// `status.source` existed hold the flags' registry's).
 pub fn holding(status_source: Option<&str>) -> &str {
@@ -224,6 +277,53 @@ mod tests {
         };
         assert_eq!(reason, "SourceNotFound");
         assert!(msg.contains("--sources=false"), "{msg}");
+    }
+
+    #[test]
+    fn a_change_names_the_registries_it_touches_and_listing_concerns_everyone() {
+        let default = config(DEFAULT_SOURCE, Some("/services/"));
+        let waiting = Registries::awaiting_sources(&default);
+        let listed = registries();
+        assert_eq!(changed(&waiting, &listed), Some(Changed::All));
+        assert_eq!(changed(&listed, &listed.clone()), None);
+        // east moves to another prefix, readonly gains one, broken is fixed without one, a new
+        // source comes: each is named, the others are not.
+        let refused = BTreeMap::new();
+        let now = Registries::from_sources(
+            &[
+                default.clone(),
+                config("east", Some("/wb-east-2/")),
+                config("readonly", Some("/ro/")),
+                config("broken", None),
+                config("west", Some("/west/")),
+            ],
+            &refused,
+        );
+        let names = ["broken", "east", "readonly", "west"].map(String::from);
+        assert_eq!(
+            changed(&listed, &now),
+            Some(Changed::Sources(BTreeSet::from(names)))
+        );
+        // Gone: named too.
+        let gone = Registries::from_sources(std::slice::from_ref(&default), &refused);
+        let Some(Changed::Sources(names)) = changed(&listed, &gone) else {
+            panic!("the sources that went")
+        };
+        assert_eq!(
+            names,
+            BTreeSet::from(["broken", "east", "readonly"].map(String::from))
+        );
+    }
+
+    #[test]
+    fn keys_are_taken_back_where_they_are_and_waited_for_while_unknown() {
+        let listed = registries();
+        assert!(matches!(held(&listed, "east"), Held::In(d) if d.prefix == "/wb-east/"));
+        assert_eq!(held(&listed, "gone"), Held::Lapsing);
+        assert_eq!(held(&listed, "readonly"), Held::Lapsing);
+        let waiting = Registries::awaiting_sources(&config(DEFAULT_SOURCE, Some("/services/")));
+        assert_eq!(held(&waiting, "east"), Held::Unknown);
+        assert!(matches!(held(&waiting, "default"), Held::In(_)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::source::spec::DEFAULT_SOURCE;
 use crate::writeback::crd::EtcdRegistration;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// The label by which an EndpointSlice names its Service.
@@ -68,6 +69,22 @@ pub fn wanting_key(
         .collect()
 }
 
+/// The registrations that name one of `sources` (none named: `default`), or whose status says
+/// their keys are in one.
+pub fn in_registries(
+    regs: &[Arc<EtcdRegistration>],
+    sources: &BTreeSet<String>,
+) -> Vec<ObjectRef<EtcdRegistration>> {
+    regs.iter()
+        .filter(|r| {
+            let named = r.spec.source.as_deref().unwrap_or(DEFAULT_SOURCE);
+            let holding = (r.status.as_ref()).and_then(|s| s.source.as_deref());
+            sources.contains(named) || holding.is_some_and(|h| sources.contains(h))
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 /// `{prefix}{service}/{version}/{addr}` or `{prefix}{service}/{addr}` (what `format::seed::reg_key`
 /// writes) as (service, version, addr). None of the three may contain `/` (the CRD's schema
 /// refuses it), so the split is unambiguous.
@@ -88,7 +105,9 @@ fn split_key<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str, &'k st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writeback::crd::{Address, EtcdRegistrationSpec, ServiceRef};
+    use crate::writeback::crd::{
+        Address, EtcdRegistrationSpec, EtcdRegistrationStatus, ServiceRef,
+    };
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -213,6 +232,32 @@ mod tests {
             ["a/static-nov"]
         );
         assert!(wanting_key(&regs, "west", "/p/", key).is_empty());
+    }
+
+    #[test]
+    fn a_registry_change_concerns_those_naming_it_or_holding_keys_in_it() {
+        let mut east = (*reg("a", "east", "billing", None, Some(&["10.0.0.1:9000"]), None)).clone();
+        east.spec.source = Some("east".into());
+        // Named west now, keys still in east: both registries concern it.
+        let mut moving = east.clone();
+        moving.metadata.name = Some("moving".into());
+        moving.spec.source = Some("west".into());
+        moving.status = Some(EtcdRegistrationStatus {
+            source: Some("east".into()),
+            ..Default::default()
+        });
+        let regs = [estate(), vec![Arc::new(east), Arc::new(moving)]].concat();
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            names(in_registries(&regs, &set(&["east"]))),
+            ["a/east", "a/moving"]
+        );
+        assert_eq!(names(in_registries(&regs, &set(&["west"]))), ["a/moving"]);
+        assert_eq!(
+            in_registries(&regs, &set(&["default"])).len(),
+            estate().len()
+        );
+        assert!(in_registries(&regs, &set(&["north"])).is_empty());
     }
 
     #[test]

@@ -175,6 +175,29 @@ async fn a_registration_goes_to_the_registry_its_source_names_and_moves_with_it(
         (bridge.metric(LEASES) == Some(leases - 1.0)).then_some(())
     })
     .await;
+    // A source created after the object that names it: the object is written once it comes.
+    scope.apply(&format!(
+        "apiVersion: etcd-bridge.io/v1alpha1\nkind: EtcdSource\nmetadata: {{name: west}}\nspec: {{endpoints: [\"{}\"], prefixes: [{{prefix: /west-{ns}/}}], writebackPrefix: /wb-west-{ns}/}}\n",
+        east.endpoint()
+    ));
+    let t = Instant::now();
+    let came = key_becomes(
+        &east_etcd,
+        &format!("/wb-west-{ns}/lost/10.81.0.2:80"),
+        true,
+        t,
+    )
+    .await;
+    println!(
+        "an object waiting for its source was written {came:?} after the apply of its source returned"
+    );
+    eventually("lost Ready, in west", WAIT, || async {
+        (condition(&scope, "lost", "Ready") == "True/Registered"
+            && status_source(&scope, "lost") == "west")
+            .then_some(())
+    })
+    .await;
+
     let ready = bridge.get("/readyz").map(|(code, _)| code);
     assert_eq!(ready, Some(200), "the bridge carries on:\n{}", bridge.log());
 }
