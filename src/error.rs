@@ -22,6 +22,10 @@ pub enum Error {
     },
     #[error("write-back of {key}: {reason}")]
     WriteBack { key: String, reason: String },
+    /// A registry's etcd did not take a write-back request (unreachable, timed out, refused):
+    /// the object says so in its status, and is retried.
+    #[error("write-back of {key}: {reason}; the object is retried")]
+    RegistryUnavailable { key: String, reason: String },
     #[error(
         "etcd source `{source_name}` is unreachable, so it cannot be read again now; what depends on that read (held deletions) waits until it answers"
     )]

@@ -18,7 +18,7 @@ use crate::config::WritebackArgs;
 use crate::error::{Error, Result};
 use crate::leader::Holding;
 use crate::metrics::Metrics;
-use crate::writeback::crd::EtcdRegistration;
+use crate::writeback::crd::{EtcdRegistration, EtcdRegistrationStatus};
 use crate::writeback::desired::{self, DesiredKey};
 use crate::writeback::destination::{self, Changed, Choice, Destination, Held, Registries};
 use crate::writeback::keys::Outcome;
@@ -362,20 +362,24 @@ async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Re
     let mut source = addresses(&obj, ctx).await?;
     let registries = ctx.registries.borrow().clone();
     let before = destination::holding(prev.source.as_deref());
-    let (registry, done) =
-        match destination::choose(obj.spec.source.as_deref(), &registries, &ctx.namespace) {
-            Choice::Wait(why) => {
-                tracing::debug!("{why}: nothing written yet");
-                return Ok(Action::requeue(BACKSTOP));
+    let (registry, done) = match destination::choose(
+        obj.spec.source.as_deref(),
+        &registries,
+        &ctx.namespace,
+    ) {
+        Choice::Wait(why) => {
+            tracing::debug!("{why}: nothing written yet");
+            return Ok(Action::requeue(BACKSTOP));
+        }
+        Choice::Refuse(reason, message) => {
+            take_back(ctx, &registries, before, &me, &prev.keys).await?;
+            if !matches!(source, Source::Denied(..)) {
+                source = Source::NotReady(reason, message);
             }
-            Choice::Refuse(reason, message) => {
-                take_back(ctx, &registries, before, &me, &prev.keys).await?;
-                if !matches!(source, Source::Denied(..)) {
-                    source = Source::NotReady(reason, message);
-                }
-                (None, Outcome::default())
-            }
-            Choice::Write(d) => {
+            (None, Outcome::default())
+        }
+        Choice::Write(d) => {
+            let written = async {
                 let live = ctx.targets.get(d).await?;
                 // Keys in another registry before: taken back from there, none to delete here.
                 let mut prev_keys = &prev.keys[..];
@@ -389,10 +393,24 @@ async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Re
                     }
                     _ => Vec::new(),
                 };
-                let done = live.keys.write(&me, &want, prev_keys).await?;
-                (Some(d.source.as_str()), done)
+                live.keys.write(&me, &want, prev_keys).await
+            };
+            match written.await {
+                Ok(done) => (Some(d.source.as_str()), done),
+                // Its etcd did not answer: the object says so, and the pass is retried.
+                Err(e @ (Error::RegistryUnavailable { .. } | Error::Etcd { .. })) => {
+                    tracing::warn!(registry = %d.source, error = %e, "write-back: the registry could not be written; retried in {RETRY:?}");
+                    let now = Time(k8s_openapi::jiff::Timestamp::now());
+                    let why = e.to_string();
+                    let next =
+                        status::unwritten(&prev, &d.source, &why, obj.metadata.generation, now);
+                    publish_status(ctx, obj, me, &prev, next, has_finalizer, BTreeSet::new());
+                    return Ok(Action::requeue(RETRY));
+                }
+                Err(e) => return Err(e),
             }
-        };
+        }
+    };
     if done.put > 0 || done.deleted > 0 {
         tracing::info!(
             put = done.put,
@@ -410,13 +428,28 @@ async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Re
         obj.metadata.generation,
         now,
     );
-    let status = status::changes(&prev, &next)
-        .filter(|_| !ctx.objects.already_written(&me, &prev, &next))
+    let keys = done.written.registered.into_iter().collect();
+    publish_status(ctx, obj, me, &prev, next, has_finalizer, keys);
+    Ok(Action::requeue(BACKSTOP))
+}
+
+/// Queues what the object needs: the finalizer if it has none, and `next` if it says something
+/// new. `keys`: those the pass left in etcd, taken back if the finalizer cannot be added.
+fn publish_status(
+    ctx: &Ctx,
+    obj: Arc<EtcdRegistration>,
+    me: Owner,
+    prev: &EtcdRegistrationStatus,
+    next: EtcdRegistrationStatus,
+    has_finalizer: bool,
+    keys: BTreeSet<String>,
+) {
+    let status = status::changes(prev, &next)
+        .filter(|_| !ctx.objects.already_written(&me, prev, &next))
         .map(|notes| (next, notes));
     if has_finalizer && status.is_none() {
-        return Ok(Action::requeue(BACKSTOP));
+        return;
     }
-    let keys = done.written.registered.into_iter().collect();
     ctx.objects.push(
         me,
         Publication {
@@ -426,7 +459,6 @@ async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Re
             keys,
         },
     );
-    Ok(Action::requeue(BACKSTOP))
 }
 
 /// Writes what passes queued for their objects, until `shutdown`; a failed write gets its object

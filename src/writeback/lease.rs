@@ -130,12 +130,9 @@ impl Leases {
             .clone()
             .lease_grant(self.ttl, None)
             .await
-            .map_err(|e| Error::WriteBack {
+            .map_err(|e| Error::RegistryUnavailable {
                 key: format!("{}/{}", owner.0, owner.1),
-                reason: format!(
-                    "grant an etcd lease: {}; the object is retried",
-                    describe(&e)
-                ),
+                reason: format!("grant an etcd lease: {}", describe(&e)),
             })?
             .id();
         tracing::info!(lease = %format!("{id:x}"), ttl = self.ttl, "granted an etcd lease for written-back registrations");

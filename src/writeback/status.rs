@@ -179,6 +179,37 @@ pub fn status(
     }
 }
 
+/// The status when the registry could not be written (its etcd did not answer): Ready=False,
+/// saying which registry and why. Nothing was learnt about the keys, so the keys, leases and
+/// registry of `prev` stay, as do the other conditions; the write is retried.
+pub fn unwritten(
+    prev: &EtcdRegistrationStatus,
+    registry: &str,
+    why: &str,
+    generation: Option<i64>,
+    now: Time,
+) -> EtcdRegistrationStatus {
+    let ready = condition(
+        &prev.conditions,
+        "Ready",
+        false,
+        "RegistryUnavailable",
+        format!(
+            "registry `{registry}` could not be written: {why}; the keys stay as they were and the write is retried"
+        ),
+        generation,
+        now,
+    );
+    let others = (prev.conditions.iter())
+        .filter(|c| c.type_ != "Ready")
+        .cloned();
+    EtcdRegistrationStatus {
+        observed_generation: generation,
+        conditions: std::iter::once(ready).chain(others).collect(),
+        ..prev.clone()
+    }
+}
+
 /// The leases in hex as etcdctl prints them, comma-separated; `None` for none.
 fn lease_ids(leases: &[i64]) -> Option<String> {
     (!leases.is_empty()).then(|| {
@@ -608,6 +639,47 @@ mod tests {
                 at(9)
             ))
         );
+    }
+
+    #[test]
+    fn a_registry_that_cannot_be_written_is_said_and_the_keys_stay_as_they_were() {
+        let src = Source::Addresses(vec!["10.0.0.1:1".into()]);
+        let before = status(
+            &src,
+            Some("east"),
+            &one_key(),
+            &Default::default(),
+            Some(1),
+            at(1),
+        );
+        let why = "write-back of /a/10.0.0.1:1: etcd did not answer; the object is retried";
+        let down = unwritten(&before, "east", why, Some(2), at(5));
+        assert_eq!(
+            said(&down),
+            [
+                triple("Ready", "False", "RegistryUnavailable"),
+                triple("Conflict", "False", "NoConflict"),
+                triple("Denied", "False", "Allowed"),
+            ]
+        );
+        assert!(down.conditions[0].message.contains("registry `east`"));
+        assert!(down.conditions[0].message.contains("etcd did not answer"));
+        assert_eq!(down.conditions[0].last_transition_time, at(5));
+        assert_eq!(
+            (&down.keys, down.endpoints, &down.lease_id, &down.source),
+            (&before.keys, 1, &before.lease_id, &before.source)
+        );
+        assert_eq!(down.observed_generation, Some(2));
+        // News once (a Warning), then the same failure again is not written.
+        let notes = changes(&before, &down).expect("written");
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].warning && notes[0].reason == "RegistryUnavailable");
+        let again = unwritten(&down, "east", why, Some(2), at(9));
+        assert_eq!(changes(&down, &again), None);
+        // Back: Ready again, a new transition.
+        let back = status(&src, Some("east"), &one_key(), &again, Some(2), at(12));
+        assert_eq!(said(&back)[0], triple("Ready", "True", "Registered"));
+        assert_eq!(back.conditions[0].last_transition_time, at(12));
     }
 
     #[test]

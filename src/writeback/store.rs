@@ -89,12 +89,9 @@ fn lease_gone(e: &etcd_client::Error) -> bool {
 }
 
 fn err(key: &str) -> impl FnOnce(etcd_client::Error) -> Error + '_ {
-    move |e| Error::WriteBack {
+    move |e| Error::RegistryUnavailable {
         key: key.into(),
-        reason: format!(
-            "{}; the object is retried",
-            crate::etcd::cause::describe(&e)
-        ),
+        reason: crate::etcd::cause::describe(&e),
     }
 }
 

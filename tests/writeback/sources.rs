@@ -144,6 +144,34 @@ async fn a_registration_goes_to_the_registry_its_source_names_and_moves_with_it(
     key_becomes(&east_etcd, &in_east, true, t).await;
     key_becomes(&own, &in_own, false, t).await;
 
+    // Its registry hangs (SIGSTOP) while the object changes: the status says which registry could
+    // not be written, and keeps the keys; once it answers, the change is written.
+    eventually("greeter Ready in east again", WAIT, || async {
+        (condition(&scope, "greeter", "Ready") == "True/Registered").then_some(())
+    })
+    .await;
+    east.freeze();
+    scope.apply(&registration(
+        "greeter",
+        r#"{service: greeter, weight: 5, addresses: ["10.81.0.1:50051"], source: east}"#,
+    ));
+    eventually("greeter says east is unavailable", WAIT, || async {
+        (condition(&scope, "greeter", "Ready") == "False/RegistryUnavailable").then_some(())
+    })
+    .await;
+    let keys = scope.kubectl(&["get", "etcdreg", "greeter", "-o", "jsonpath={.status.keys}"]);
+    assert!(
+        keys.contains(&in_east),
+        "the keys stay in the status: {keys}"
+    );
+    east.thaw();
+    eventually("the new weight in east, Ready", WAIT, || async {
+        let v = value(&mut east_etcd.clone(), &in_east).await?;
+        (v.contains(r#""weight":5"#) && condition(&scope, "greeter", "Ready") == "True/Registered")
+            .then_some(())
+    })
+    .await;
+
     // Deleted: its key goes from the registry that holds it.
     let t = Instant::now();
     scope.kubectl(&["delete", "etcdreg", "greeter", "--wait=true"]);
