@@ -379,12 +379,15 @@ async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Re
             (None, Outcome::default())
         }
         Choice::Write(d) => {
+            // Each failure names the registry it is in: the one before, for a move.
             let written = async {
-                let live = ctx.targets.get(d).await?;
+                let here = |e| (d.source.as_str(), e);
+                let live = ctx.targets.get(d).await.map_err(here)?;
                 // Keys in another registry before: taken back from there, none to delete here.
                 let mut prev_keys = &prev.keys[..];
                 if before != d.source {
-                    take_back(ctx, &registries, before, &me, prev_keys).await?;
+                    (take_back(ctx, &registries, before, &me, prev_keys).await)
+                        .map_err(|e| (before, e))?;
                     prev_keys = &[];
                 }
                 let want: Vec<DesiredKey> = match &source {
@@ -393,21 +396,20 @@ async fn apply(obj: Arc<EtcdRegistration>, ctx: &Ctx, has_finalizer: bool) -> Re
                     }
                     _ => Vec::new(),
                 };
-                live.keys.write(&me, &want, prev_keys).await
+                live.keys.write(&me, &want, prev_keys).await.map_err(here)
             };
             match written.await {
                 Ok(done) => (Some(d.source.as_str()), done),
                 // Its etcd did not answer: the object says so, and the pass is retried.
-                Err(e @ (Error::RegistryUnavailable { .. } | Error::Etcd { .. })) => {
-                    tracing::warn!(registry = %d.source, error = %e, "write-back: the registry could not be written; retried in {RETRY:?}");
+                Err((at, e @ (Error::RegistryUnavailable { .. } | Error::Etcd { .. }))) => {
+                    tracing::warn!(registry = %at, error = %e, "write-back: the registry could not be written; retried in {RETRY:?}");
                     let now = Time(k8s_openapi::jiff::Timestamp::now());
                     let why = e.to_string();
-                    let next =
-                        status::unwritten(&prev, &d.source, &why, obj.metadata.generation, now);
+                    let next = status::unwritten(&prev, at, &why, obj.metadata.generation, now);
                     publish_status(ctx, obj, me, &prev, next, has_finalizer, BTreeSet::new());
                     return Ok(Action::requeue(RETRY));
                 }
-                Err(e) => return Err(e),
+                Err((_, e)) => return Err(e),
             }
         }
     };

@@ -144,8 +144,8 @@ async fn a_registration_goes_to_the_registry_its_source_names_and_moves_with_it(
     key_becomes(&east_etcd, &in_east, true, t).await;
     key_becomes(&own, &in_own, false, t).await;
 
-    // Its registry hangs (SIGSTOP) while the object changes: the status says which registry could
-    // not be written, and keeps the keys; once it answers, the change is written.
+    // Its registry hangs (SIGSTOP) while the object moves away from it: the status says which
+    // registry could not be written, and keeps the keys; once it answers, the move is done.
     eventually("greeter Ready in east again", WAIT, || async {
         (condition(&scope, "greeter", "Ready") == "True/Registered").then_some(())
     })
@@ -153,24 +153,41 @@ async fn a_registration_goes_to_the_registry_its_source_names_and_moves_with_it(
     east.freeze();
     scope.apply(&registration(
         "greeter",
-        r#"{service: greeter, weight: 5, addresses: ["10.81.0.1:50051"], source: east}"#,
+        r#"{service: greeter, weight: 5, addresses: ["10.81.0.1:50051"]}"#,
     ));
     eventually("greeter says east is unavailable", WAIT, || async {
         (condition(&scope, "greeter", "Ready") == "False/RegistryUnavailable").then_some(())
     })
     .await;
-    let keys = scope.kubectl(&["get", "etcdreg", "greeter", "-o", "jsonpath={.status.keys}"]);
+    let status = |path: &str| {
+        scope.kubectl(&[
+            "get",
+            "etcdreg",
+            "greeter",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    let message = status("{.status.conditions[?(@.type==\"Ready\")].message}");
+    assert!(message.contains("registry `east`"), "{message}");
     assert!(
-        keys.contains(&in_east),
-        "the keys stay in the status: {keys}"
+        status("{.status.keys}").contains(&in_east),
+        "the keys stay in the status"
     );
+    assert_eq!(status("{.status.source}"), "east");
     east.thaw();
-    eventually("the new weight in east, Ready", WAIT, || async {
-        let v = value(&mut east_etcd.clone(), &in_east).await?;
-        (v.contains(r#""weight":5"#) && condition(&scope, "greeter", "Ready") == "True/Registered")
+    eventually("moved, with the new weight, Ready", WAIT, || async {
+        let v = value(&mut own.clone(), &in_own).await?;
+        (v.contains(r#""weight":5"#)
+            && value(&mut east_etcd.clone(), &in_east).await.is_none()
+            && condition(&scope, "greeter", "Ready") == "True/Registered"
+            && status_source(&scope, "greeter") == "default")
             .then_some(())
     })
     .await;
+    let t = Instant::now();
+    scope.apply(&registration("greeter", &spec(", source: east")));
+    key_becomes(&east_etcd, &in_east, true, t).await;
 
     // Deleted: its key goes from the registry that holds it.
     let t = Instant::now();
