@@ -134,26 +134,26 @@ impl Targets {
         let (freed_keys, missed) = freed::watch(etcd.clone(), d.prefix.clone(), token.clone());
         let (source, prefix, outlets) = (d.source.clone(), d.prefix.clone(), self.outlets.clone());
         tokio::spawn(forward(token.clone(), async move {
-            let freed_keys = freed_keys.map(|k| Some(Either::Freed(k)));
-            let missed = missed.map(|()| Some(Either::Missed));
-            let lost = lost.map(|o| Some(Either::Lost(o)));
+            let freed_keys = freed_keys.map(News::Freed);
+            let missed = missed.map(|()| News::Missed);
+            let lost = lost.map(News::Lost);
             let mut all = std::pin::pin!(futures::stream::select(
                 freed_keys,
                 futures::stream::select(missed, lost)
             ));
-            while let Some(Some(e)) = all.next().await {
+            while let Some(e) = all.next().await {
                 let sent = match e {
-                    Either::Freed(k) => outlets
+                    News::Freed(k) => outlets
                         .freed
                         .send((source.clone(), prefix.clone(), k))
                         .await
                         .is_ok(),
                     // One pending "missed" is as good as many.
-                    Either::Missed => !matches!(
+                    News::Missed => !matches!(
                         outlets.missed.try_send(()),
                         Err(mpsc::error::TrySendError::Closed(_))
                     ),
-                    Either::Lost(o) => outlets.lost.send(o).is_ok(),
+                    News::Lost(o) => outlets.lost.send(o).is_ok(),
                 };
                 if !sent {
                     return; // the controller is gone: the bridge is stopping
@@ -173,7 +173,8 @@ impl Targets {
     }
 }
 
-enum Either {
+/// What a registry's watch and leases report, for the controller.
+enum News {
     Freed(String),
     Missed,
     Lost(Owner),
